@@ -1,0 +1,82 @@
+"""torchslim: make PyTorch models smaller and faster on the hardware they run on.
+
+Quickstart::
+
+    import torchslim as ts
+    print(ts.profile(model, torch.randn(1, 3, 224, 224)))
+
+The top level re-exports the public verbs lazily, so ``import torchslim`` stays cheap and never
+imports an optional dependency.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "profile": "torchslim.profiling",
+    "Profile": "torchslim.profiling",
+    "LayerProfile": "torchslim.profiling",
+    "Latency": "torchslim.profiling",
+    "Memory": "torchslim.profiling",
+    "LatencyBackend": "torchslim.profiling",
+    "register_latency_backend": "torchslim.profiling",
+    "list_latency_backends": "torchslim.profiling",
+    "measure_latency": "torchslim.profiling",
+    "load_model": "torchslim.models",
+    "register_model_source": "torchslim.models",
+    "save": "torchslim.models",
+    "load": "torchslim.models",
+    "load_dataset": "torchslim.data",
+    "list_datasets": "torchslim.data",
+    "TorchSlimError": "torchslim.errors",
+    "ConfigError": "torchslim.errors",
+    "MissingExtraError": "torchslim.errors",
+    "ModelSpecError": "torchslim.errors",
+    "DatasetError": "torchslim.errors",
+    "UnsupportedOpError": "torchslim.errors",
+    "TracingError": "torchslim.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torchslim.data import list_datasets, load_dataset
+    from torchslim.errors import (
+        ConfigError,
+        DatasetError,
+        MissingExtraError,
+        ModelSpecError,
+        TorchSlimError,
+        TracingError,
+        UnsupportedOpError,
+    )
+    from torchslim.models import load, load_model, register_model_source, save
+    from torchslim.profiling import (
+        Latency,
+        LatencyBackend,
+        LayerProfile,
+        Memory,
+        Profile,
+        list_latency_backends,
+        measure_latency,
+        profile,
+        register_latency_backend,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'torchslim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,149 @@
+"""Saving and loading models: safetensors for the weights, JSON for how to rebuild them.
+
+A saved model is a directory::
+
+    model/
+      torchslim.json      format, version, the spec that rebuilds the architecture, metadata
+      model.safetensors   the state dict (tied weights stored once)
+
+Nothing is pickled, so loading a saved model never executes code from the file. Rebuilding runs
+the model's source spec (a torchvision/timm/built-in name, or a user's ``file.py:factory``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import torchslim
+from torchslim.errors import ModelSpecError
+
+__all__ = ["save", "load", "is_saved_model", "FORMAT", "FORMAT_VERSION"]
+
+FORMAT = "torchslim.model"
+FORMAT_VERSION = 1
+_META = "torchslim.json"
+_WEIGHTS = "model.safetensors"
+
+
+def is_saved_model(path: str | Path) -> bool:
+    """Whether ``path`` is a directory written by :func:`save`."""
+    return (Path(path) / _META).is_file()
+
+
+def save(
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    source: str | None = None,
+    source_kwargs: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save ``model`` to the directory ``path`` (weights as safetensors, the rest as JSON).
+
+    Args:
+        model: The model.
+        path: Target directory; written atomically (a temporary directory renamed into place).
+        source: Model spec that rebuilds the architecture, e.g. ``"torchvision:resnet18"`` or
+            ``"models.py:make_model"``. Optional for models built by :func:`load_model`.
+        source_kwargs: Constructor arguments for ``source`` (JSON-serialisable).
+        metadata: Any JSON-serialisable extra information to store.
+        overwrite: Replace an existing saved model at ``path``.
+
+    Returns:
+        The directory written.
+    """
+    from safetensors.torch import save_model
+
+    from torchslim.models._sources import provenance
+
+    path = Path(path)
+    if source is None:
+        known = provenance(model)
+        if known is None:
+            raise ModelSpecError(
+                f"cannot save {type(model).__name__}: torchslim does not know how to rebuild its "
+                "architecture; pass source='path/to/file.py:factory' (or torchvision:NAME, "
+                "timm:NAME), or build the model with torchslim.load_model"
+            )
+        source, known_kwargs = known
+        source_kwargs = {**known_kwargs, **(source_kwargs or {})}
+    head, _, name = source.rpartition(":")
+    if head.endswith(".py"):
+        source = f"{Path(head).resolve()}:{name}"
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "torchslim_version": torchslim.__version__,
+        "torch_version": torch.__version__,
+        "model_class": type(model).__name__,
+        "source": source,
+        "source_kwargs": source_kwargs or {},
+        "metadata": metadata or {},
+    }
+    try:
+        text = json.dumps(record, indent=2, sort_keys=True)
+    except TypeError as exc:
+        raise ModelSpecError(f"source_kwargs and metadata must be JSON-serialisable: {exc}") from exc
+    if path.exists():
+        if not is_saved_model(path):
+            raise ModelSpecError(
+                f"{str(path)!r} exists and is not a saved torchslim model; choose another path"
+            )
+        if not overwrite:
+            raise ModelSpecError(f"{str(path)!r} already holds a saved model; pass overwrite=True")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_model(model, str(tmp / _WEIGHTS))
+        (tmp / _META).write_text(text + "\n")
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def load(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild a model saved with :func:`save` and load its weights (strictly)."""
+    from safetensors.torch import load_model as load_weights
+
+    from torchslim.models._sources import load_model
+
+    path = Path(path)
+    if not is_saved_model(path):
+        raise ModelSpecError(f"{str(path)!r} is not a saved torchslim model (no {_META} inside)")
+    record = json.loads((path / _META).read_text())
+    if record.get("format") != FORMAT or record.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelSpecError(
+            f"{path / _META} has format {record.get('format')!r} version "
+            f"{record.get('format_version')!r}; this torchslim reads {FORMAT!r} up to version "
+            f"{FORMAT_VERSION}: upgrade torchslim"
+        )
+    model = load_model(record["source"], **record["source_kwargs"])
+    try:
+        missing, unexpected = load_weights(model, str(path / _WEIGHTS), strict=False, device=str(device))
+    except RuntimeError as exc:
+        raise ModelSpecError(
+            f"the weights in {path / _WEIGHTS} do not fit the model rebuilt from "
+            f"{record['source']!r}: {exc}"
+        ) from exc
+    if missing or unexpected:
+        raise ModelSpecError(
+            f"the weights in {path / _WEIGHTS} do not fit the model rebuilt from "
+            f"{record['source']!r}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+    return model.to(device)

@@ -1,0 +1,129 @@
+"""Count parameters and MACs on the real forward pass, per module.
+
+MACs come from PyTorch's own :class:`torch.utils.flop_counter.FlopCounterMode`, which counts the
+matmul-like ops (convolutions, linear layers, matmuls, attention) at the dispatcher level, so any
+model counts, whatever its Python code does. We report MACs = FLOPs / 2 for those ops. Element-wise
+ops (activations, norms, adds) are not counted, which is also the convention of published figures
+such as torchvision's ``GFLOPS`` metadata.
+
+Per-module figures are taken with forward hooks that read the counter's running total before and
+after each module, which gives every module its inclusive MACs; a module's *self* MACs are its
+inclusive MACs minus those of its direct children (ops written in its own ``forward``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from torchslim._inputs import Inputs
+
+__all__ = ["LayerProfile", "count_params", "count_macs"]
+
+
+@dataclass(frozen=True)
+class LayerProfile:
+    """One row of the per-module table.
+
+    Attributes:
+        name: Fully qualified module name (``""`` is the root).
+        type: Class name of the module.
+        params: Parameters owned directly by the module (not its children).
+        macs: MACs of the ops the module runs itself, excluding its children.
+        share: ``macs`` as a fraction of the model's total MACs.
+        calls: How many times the module ran during the forward pass.
+    """
+
+    name: str
+    type: str
+    params: int
+    macs: int
+    share: float
+    calls: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "params": self.params,
+            "macs": self.macs,
+            "share": self.share,
+            "calls": self.calls,
+        }
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """Total and trainable parameter counts; a parameter shared by several modules counts once."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return total, trainable
+
+
+def _total_flops(counter: FlopCounterMode) -> int:
+    return int(sum(counter.flop_counts["Global"].values()))
+
+
+def count_macs(model: torch.nn.Module, inputs: Inputs) -> tuple[int, list[LayerProfile]]:
+    """Run ``model`` once on ``inputs`` and count its MACs, in total and per module.
+
+    The model runs as it is (the caller chooses train/eval mode and the device); works on the
+    ``meta`` device, where nothing is computed or allocated.
+
+    Returns:
+        The total MACs and the per-module table, in the order modules first ran. Modules that
+        neither own parameters nor run counted ops are left out of the table.
+    """
+    counter = FlopCounterMode(display=False)
+    names = {id(m): n for n, m in model.named_modules(remove_duplicate=True)}
+    own: dict[str, int] = {}  # FLOPs of ops each module ran itself, outside its child modules
+    calls: dict[str, int] = {}
+    # the modules running now: [name, FLOPs total when it started, FLOPs of its finished children]
+    stack: list[list[Any]] = []
+    handles = []
+
+    def pre_hook(module: torch.nn.Module, _args: Any) -> None:
+        name = names[id(module)]
+        own.setdefault(name, 0)  # first call fixes the module's place in the table
+        stack.append([name, _total_flops(counter), 0])
+
+    def post_hook(module: torch.nn.Module, _args: Any, _out: Any) -> None:
+        name, start, in_children = stack.pop()
+        inclusive = _total_flops(counter) - start
+        own[name] += inclusive - in_children
+        calls[name] = calls.get(name, 0) + 1
+        if stack:
+            stack[-1][2] += inclusive
+
+    for module in model.modules():
+        if id(module) in names:
+            handles.append(module.register_forward_pre_hook(pre_hook))
+            handles.append(module.register_forward_hook(post_hook, always_call=True))
+    try:
+        with counter:
+            inputs.call(model)
+    finally:
+        for h in handles:
+            h.remove()
+
+    total_macs = _total_flops(counter) // 2
+    modules = dict(model.named_modules(remove_duplicate=True))
+    layers: list[LayerProfile] = []
+    for name, flops in own.items():  # insertion order: the order modules first ran
+        module = modules[name]
+        own_params = sum(p.numel() for p in module.parameters(recurse=False))
+        macs = flops // 2
+        if macs == 0 and own_params == 0:
+            continue
+        share = macs / total_macs if total_macs else 0.0
+        layers.append(LayerProfile(name, type(module).__name__, own_params, macs, share, calls[name]))
+    return total_macs, layers
