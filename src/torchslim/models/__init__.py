@@ -5,6 +5,7 @@
 """
 
 from torchslim.models._demo import DemoResNet
+from torchslim.models._meta import build_on_meta, meta_init
 from torchslim.models._saved import is_saved_model, load, save
 from torchslim.models._sources import (
     list_model_sources,
@@ -24,12 +25,14 @@ __all__ = [
     "ZOO_TAGS",
     "DemoResNet",
     "ZooModel",
+    "build_on_meta",
     "get_zoo_model",
     "is_saved_model",
     "list_model_sources",
     "list_zoo",
     "load",
     "load_model",
+    "meta_init",
     "provenance",
     "register_model_source",
     "register_zoo_model",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -90,6 +92,6 @@ def _digit_images(batch: int) -> torch.Tensor:
     inputs=_digit_images,
     description="the demo model: a small residual CNN for 28x28 digits",
 )
-def demo_resnet() -> DemoResNet:
+def demo_resnet(**kwargs: Any) -> DemoResNet:
     """The demo model: a small residual CNN for 28x28 digits."""
-    return DemoResNet()
+    return DemoResNet(**kwargs)

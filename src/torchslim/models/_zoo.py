@@ -72,7 +72,8 @@ class ZooModel:
 
     Attributes:
         name: Registry name, e.g. ``"residual"``.
-        build: Returns a fresh, randomly initialised model in eval mode.
+        build: Returns a fresh, randomly initialised model in eval mode; keyword arguments
+            (e.g. ``num_classes=5``) are passed to the registered factory.
         example_inputs: Maps a batch size to example inputs: a tensor, a tuple of positional
             tensors, or a dict of keyword inputs. The same batch size gives the same values.
         tags: Structures the model covers, all from :data:`ZOO_TAGS`.
@@ -80,7 +81,7 @@ class ZooModel:
     """
 
     name: str
-    build: Callable[[], nn.Module]
+    build: Callable[..., nn.Module]
     example_inputs: Callable[[int], Any]
     tags: frozenset[str]
     description: str
@@ -91,8 +92,11 @@ _REGISTRY: dict[str, ZooModel] = {}
 
 def register_zoo_model(
     name: str, *, tags: Iterable[str], inputs: Callable[[int], Any], description: str = ""
-) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
-    """Decorator that registers a factory (no arguments, returns a module) in the zoo.
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that registers a factory in the zoo.
+
+    The factory returns a fresh module when called without arguments; it may accept keyword
+    overrides (e.g. ``num_classes``), which :attr:`ZooModel.build` passes on.
 
     Args:
         name: Registry name; must not be taken.
@@ -114,11 +118,9 @@ def register_zoo_model(
             f"({', '.join(sorted(ZOO_TAGS))}) or add the new tag to ZOO_TAGS"
         )
     if name in _REGISTRY:
-        raise ConfigError(
-            f"a zoo model named {name!r} is already registered; pick another name"
-        )
+        raise ConfigError(f"a zoo model named {name!r} is already registered; pick another name")
 
-    def decorator(factory: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:  # registered between decorator creation and application
             raise ConfigError(
                 f"a zoo model named {name!r} is already registered; pick another name"
@@ -126,7 +128,7 @@ def register_zoo_model(
         doc = (factory.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = ZooModel(
             name=name,
-            build=lambda: factory().eval(),
+            build=lambda **kwargs: factory(**kwargs).eval(),
             example_inputs=inputs,
             tags=tag_set,
             description=description or (doc[0] if doc else ""),
@@ -146,9 +148,7 @@ def list_zoo(pattern: str = "*", *, tags: Iterable[str] | None = None) -> list[s
     wanted = frozenset([tags] if isinstance(tags, str) else tags or ())
     unknown = sorted(wanted - ZOO_TAGS)
     if unknown:
-        raise ConfigError(
-            f"unknown zoo tags {unknown}; known tags: {', '.join(sorted(ZOO_TAGS))}"
-        )
+        raise ConfigError(f"unknown zoo tags {unknown}; known tags: {', '.join(sorted(ZOO_TAGS))}")
     return sorted(
         name
         for name, entry in _REGISTRY.items()
@@ -268,7 +268,7 @@ class ResNet(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block: expand 1x1, depthwise 3x3, linear project 1x1; residual if shapes match."""
+    """MobileNetV2 block: expand 1x1, depthwise 3x3, project 1x1; residual when shapes match."""
 
     def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 4) -> None:
         super().__init__()
@@ -382,7 +382,7 @@ class ShuffleUnit(nn.Module):
 
 
 class UnevenSplit(nn.Module):
-    """Split channels unevenly with torch.split, transform the larger part, concat in swapped order."""
+    """Uneven torch.split of channels; the larger part is transformed and concatenated first."""
 
     def __init__(self, channels: int, first: int) -> None:
         super().__init__()
@@ -414,13 +414,16 @@ class ConcatSplitNet(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """SE gate: global pool, reduce, expand, sigmoid, multiply into channels (Linear or 1x1 conv FCs)."""
+    """SE gate: pool, reduce, expand, sigmoid, multiply into channels; Linear or 1x1 conv FCs."""
 
     def __init__(self, channels: int, reduced: int, use_conv: bool = False) -> None:
         super().__init__()
         self.use_conv = use_conv
         if use_conv:  # torchvision / timm style
-            self.reduce, self.expand = nn.Conv2d(channels, reduced, 1), nn.Conv2d(reduced, channels, 1)
+            self.reduce, self.expand = (
+                nn.Conv2d(channels, reduced, 1),
+                nn.Conv2d(reduced, channels, 1),
+            )
         else:  # original SENet style
             self.reduce, self.expand = nn.Linear(channels, reduced), nn.Linear(reduced, channels)
 
@@ -452,7 +455,7 @@ class SENet(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with a fused qkv projection, split into heads by reshape/permute."""
+    """Multi-head self-attention: fused qkv projection split into heads by view/permute."""
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -502,7 +505,9 @@ class TransformerBlock(nn.Module):
 class TinyViT(nn.Module):
     """Tiny ViT: conv patch embedding, class token and position embedding, two blocks, head."""
 
-    def __init__(self, num_classes: int = 10, dim: int = 64, depth: int = 2, heads: int = 4) -> None:
+    def __init__(
+        self, num_classes: int = 10, dim: int = 64, depth: int = 2, heads: int = 4
+    ) -> None:
         super().__init__()
         self.patch_embed = nn.Conv2d(3, dim, kernel_size=4, stride=4)  # 32x32 -> 8x8 patches
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
@@ -581,7 +586,7 @@ class ImageAndVector(nn.Module):
 
 
 class DictIO(nn.Module):
-    """Hugging Face style: keyword ``input_ids``/``attention_mask`` in, dict of logits/hidden out."""
+    """Hugging Face style: ``input_ids``/``attention_mask`` keywords in, logits/hidden dict out."""
 
     def __init__(self, num_classes: int = 5, dim: int = 32, max_len: int = 12) -> None:
         super().__init__()
@@ -594,7 +599,9 @@ class DictIO(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        x = self.tok(input_ids) + self.pos(torch.arange(input_ids.shape[1], device=input_ids.device))
+        x = self.tok(input_ids) + self.pos(
+            torch.arange(input_ids.shape[1], device=input_ids.device)
+        )
         hidden = x + self.ffn(self.norm(x))
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -652,29 +659,29 @@ _IMAGE_CNN = ("conv", "bn", "linear")
 
 
 @register_zoo_model("conv_chain", tags=[*_IMAGE_CNN, "flatten"], inputs=_image)
-def conv_chain() -> nn.Module:
+def conv_chain(**kwargs: Any) -> nn.Module:
     """Plain Conv-BN-ReLU chain with pooling, a spatial map flattened into a Linear classifier."""
-    return ConvChain()
+    return ConvChain(**kwargs)
 
 
 @register_zoo_model("residual", tags=[*_IMAGE_CNN, "residual"], inputs=_image)
-def residual() -> nn.Module:
+def residual(**kwargs: Any) -> nn.Module:
     """ResNet basic blocks with identity and strided 1x1 projection shortcuts."""
-    return ResNet()
+    return ResNet(**kwargs)
 
 
 @register_zoo_model("depthwise", tags=[*_IMAGE_CNN, "depthwise", "residual"], inputs=_image)
-def depthwise() -> nn.Module:
+def depthwise(**kwargs: Any) -> nn.Module:
     """MobileNetV2 inverted residuals: expand 1x1, depthwise 3x3, project 1x1."""
-    return MobileNet()
+    return MobileNet(**kwargs)
 
 
 @register_zoo_model(
     "grouped", tags=["conv", "bn", "grouped", "residual", "transposed_conv"], inputs=_image
 )
-def grouped() -> nn.Module:
+def grouped(**kwargs: Any) -> nn.Module:
     """ResNeXt grouped convs (groups=4) and ConvTranspose2d upsampling to a per-pixel output."""
-    return GroupedSegNet()
+    return GroupedSegNet(**kwargs)
 
 
 @register_zoo_model(
@@ -682,15 +689,15 @@ def grouped() -> nn.Module:
     tags=[*_IMAGE_CNN, "concat", "split", "channel_shuffle", "depthwise"],
     inputs=_image,
 )
-def concat_split() -> nn.Module:
+def concat_split(**kwargs: Any) -> nn.Module:
     """Inception/DenseNet concatenation, ShuffleNetV2 chunk and channel shuffle, uneven split."""
-    return ConcatSplitNet()
+    return ConcatSplitNet(**kwargs)
 
 
 @register_zoo_model("squeeze_excite", tags=[*_IMAGE_CNN, "se", "depthwise"], inputs=_image)
-def squeeze_excite() -> nn.Module:
+def squeeze_excite(**kwargs: Any) -> nn.Module:
     """Squeeze-and-excitation gates (Linear and 1x1 conv) with hardswish and SiLU."""
-    return SENet()
+    return SENet(**kwargs)
 
 
 @register_zoo_model(
@@ -698,37 +705,37 @@ def squeeze_excite() -> nn.Module:
     tags=["attention", "layernorm", "free_params", "linear", "conv", "residual"],
     inputs=_image,
 )
-def attention() -> nn.Module:
+def attention(**kwargs: Any) -> nn.Module:
     """Tiny ViT with hand-written multi-head attention, class token and layer scale."""
-    return TinyViT()
+    return TinyViT(**kwargs)
 
 
 @register_zoo_model(
     "mha", tags=["mha", "embedding", "layernorm", "linear", "residual"], inputs=_tokens
 )
-def mha() -> nn.Module:
+def mha(**kwargs: Any) -> nn.Module:
     """Token classifier built on torch.nn.MultiheadAttention (batch_first)."""
-    return MHAEncoder()
+    return MHAEncoder(**kwargs)
 
 
 @register_zoo_model("lstm", tags=["recurrent", "embedding", "linear"], inputs=_tokens)
-def lstm() -> nn.Module:
+def lstm(**kwargs: Any) -> nn.Module:
     """Embedding, two-layer LSTM, classifier on the last step."""
-    return LSTMClassifier()
+    return LSTMClassifier(**kwargs)
 
 
 @register_zoo_model("gru", tags=["recurrent", "embedding", "linear"], inputs=_tokens)
-def gru() -> nn.Module:
+def gru(**kwargs: Any) -> nn.Module:
     """Embedding, bidirectional GRU, classifier on the final hidden states."""
-    return GRUClassifier()
+    return GRUClassifier(**kwargs)
 
 
 @register_zoo_model(
     "multi_input", tags=[*_IMAGE_CNN, "multi_input", "concat"], inputs=_image_and_vector
 )
-def multi_input() -> nn.Module:
+def multi_input(**kwargs: Any) -> nn.Module:
     """forward(image, extra): CNN features concatenated with an MLP of a vector."""
-    return ImageAndVector()
+    return ImageAndVector(**kwargs)
 
 
 @register_zoo_model(
@@ -736,20 +743,20 @@ def multi_input() -> nn.Module:
     tags=["dict_input", "dict_output", "embedding", "layernorm", "linear", "residual"],
     inputs=_hf_inputs,
 )
-def dict_io() -> nn.Module:
+def dict_io(**kwargs: Any) -> nn.Module:
     """forward(input_ids=..., attention_mask=...) returning {'logits': ..., 'hidden': ...}."""
-    return DictIO()
+    return DictIO(**kwargs)
 
 
 @register_zoo_model(
     "norms", tags=["conv", "linear", "bn", "groupnorm", "instancenorm", "prelu"], inputs=_image
 )
-def norms() -> nn.Module:
+def norms(**kwargs: Any) -> nn.Module:
     """GroupNorm, affine InstanceNorm2d, per-channel PReLU and BatchNorm1d."""
-    return NormsNet()
+    return NormsNet(**kwargs)
 
 
 @register_zoo_model("dataclass_output", tags=[*_IMAGE_CNN, "dataclass_output"], inputs=_image)
-def dataclass_output() -> nn.Module:
+def dataclass_output(**kwargs: Any) -> nn.Module:
     """Small CNN returning a dataclass of logits and features."""
-    return DataclassOutputNet()
+    return DataclassOutputNet(**kwargs)

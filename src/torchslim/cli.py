@@ -1,0 +1,187 @@
+"""The ``torchslim`` command line. Thin: it parses, calls the library and prints tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torchslim
+from torchslim.errors import ConfigError, TorchSlimError
+
+__all__ = ["main"]
+
+_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32")
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224" -> (1, 3, 224, 224)``; also accepts ``x`` as separator."""
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ConfigError(
+            f"bad input shape {text!r}: give positive integers separated by commas, "
+            "e.g. --input-shape 1,3,224,224"
+        )
+    return shape
+
+
+def parse_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["num_classes=10", "dropout=0.1"]`` -> ``{"num_classes": 10, "dropout": 0.1}`` (YAML values)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"bad model argument {pair!r}: use KEY=VALUE, e.g. -a num_classes=10")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _example_inputs(shapes: Sequence[str], dtype: str, model_spec: str) -> Any:
+    import torch
+
+    from torchslim.models import get_zoo_model
+
+    if not shapes:
+        head, _, name = model_spec.partition(":")
+        if head == "torchslim":  # built-in models know their inputs
+            return get_zoo_model(name).example_inputs(1)
+        raise ConfigError("give the input shape, e.g. --input-shape 1,3,224,224")
+    generator = torch.Generator().manual_seed(0)
+    tensors = []
+    for text in shapes:
+        shape = parse_shape(text)
+        if dtype.startswith("int"):
+            tensors.append(torch.randint(0, 2, shape, generator=generator, dtype=getattr(torch, dtype)))
+        else:
+            tensors.append(torch.randn(shape, generator=generator).to(getattr(torch, dtype)))
+    return tensors[0] if len(tensors) == 1 else tuple(tensors)
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from torchslim.models import build_on_meta, load_model
+    from torchslim.profiling import profile
+
+    kwargs = parse_kwargs(args.model_arg)
+    inputs = _example_inputs(args.input_shape, args.input_dtype, args.model)
+    device = args.device
+    if device == "meta":
+        if not args.no_latency:
+            raise ConfigError("the meta device runs nothing, so it has no latency; add --no-latency")
+        model = build_on_meta(lambda: load_model(args.model, **kwargs))
+    else:
+        model = load_model(args.model, **kwargs)
+    try:
+        result = profile(
+            model,
+            inputs,
+            latency=not args.no_latency,
+            backend=args.backend,
+            device=device,
+            threads=args.threads,
+            warmup=args.warmup,
+            runs=args.runs,
+        )
+    except (RuntimeError, ValueError, TypeError) as exc:
+        if isinstance(exc, TorchSlimError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{args.model} failed on inputs of shape {args.input_shape or 'default'}: {first} "
+            "(check --input-shape and --input-dtype)"
+        ) from exc
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.summary())
+        print()
+        print(result.table(top=args.top, sort=args.sort))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from torchslim._demo_job import DemoConfig, run_demo
+
+    run_demo(DemoConfig(epochs=args.epochs, dataset=args.dataset, threads=args.threads))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchslim",
+        description="Make PyTorch models smaller and faster on the hardware they run on.",
+    )
+    parser.add_argument("--version", action="version", version=f"torchslim {torchslim.__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "profile",
+        help="params, MACs, latency and memory of a model, per layer",
+        description=(
+            "Profile a model. MODEL is torchvision:NAME, timm:NAME, torchslim:NAME, "
+            "path/to/file.py:factory, or a directory saved by torchslim.save."
+        ),
+    )
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="SHAPE",
+        help="e.g. 1,3,224,224; repeat for models with several inputs",
+    )
+    p.add_argument("--input-dtype", default="float32", choices=_DTYPES)
+    p.add_argument("-a", "--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="constructor argument, e.g. -a num_classes=10")
+    p.add_argument("--backend", default="eager", help="latency backend (eager, compile, ...)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, or meta (counts only)")
+    p.add_argument("--threads", type=int, default=None, help="pin the CPU thread count")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--no-latency", action="store_true", help="count params, MACs and memory only")
+    p.add_argument("--top", type=int, default=None, help="show the N heaviest layers")
+    p.add_argument("--sort", default=None, choices=("order", "macs", "params"))
+    p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.set_defaults(func=_cmd_profile)
+
+    d = sub.add_parser("demo", help="the main job on the built-in example")
+    d.add_argument("--epochs", type=int, default=2)
+    d.add_argument("--dataset", default="mnist5k")
+    d.add_argument("--threads", type=int, default=None)
+    d.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "sort", None) is None and getattr(args, "top", None) is not None:
+        args.sort = "macs"
+    elif hasattr(args, "sort") and args.sort is None:
+        args.sort = "order"
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except TorchSlimError as exc:
+        if args.debug:
+            raise
+        print(f"torchslim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("torchslim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
