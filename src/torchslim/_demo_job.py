@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -34,6 +35,7 @@ class DemoConfig:
         seed: Seeds the model initialisation, the split and the data order.
         threads: CPU threads (default: PyTorch's current setting).
         progress: Show progress bars.
+        out_dir: Where the trained model is saved (``None``: not saved).
     """
 
     dataset: str = "mnist5k"
@@ -43,6 +45,7 @@ class DemoConfig:
     seed: int = 0
     threads: int | None = None
     progress: bool = True
+    out_dir: str | None = "runs/demo"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -91,7 +94,7 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
 def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, float]:
     """Run the demo job and print what it did; returns the headline figures."""
     from torchslim.data import load_dataset
-    from torchslim.models import DemoResNet
+    from torchslim.models import DemoResNet, save
     from torchslim.profiling import human, pinned_threads, profile
 
     with pinned_threads(config.threads) as threads:
@@ -119,18 +122,35 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, float]:
         start = time.perf_counter()
         for epoch in range(1, config.epochs + 1):
             loss = train_epoch(
-                model, train_loader, optimizer, scheduler,
-                progress=config.progress, desc=f"epoch {epoch}",
+                model,
+                train_loader,
+                optimizer,
+                scheduler,
+                progress=config.progress,
+                desc=f"epoch {epoch}",
             )
             accuracy = evaluate(model, test_loader)
             print(f"epoch {epoch}: train loss {loss:.4f}, test accuracy {accuracy:.2%}")
         seconds = time.perf_counter() - start
         example = torch.zeros(1, *train.input_shape)
         result = profile(model, example, threads=threads)
-    print(f"trained in {seconds:.1f} s; test accuracy {accuracy:.2%}\n")
+    print(f"trained in {seconds:.1f} s; test accuracy {accuracy:.2%}")
+    if config.out_dir is not None:
+        saved = save(
+            model,
+            Path(config.out_dir) / "trained",
+            source="torchslim:demo_resnet",
+            source_kwargs={"in_channels": train.input_shape[0], "num_classes": train.num_classes},
+            metadata={"dataset": config.dataset, "test_accuracy": accuracy},
+            overwrite=True,
+        )
+        print(f"saved the trained model to {saved} (safetensors + JSON)")
+    print()
     print(result)
-    print(f"\nsummary: {human(result.params)} params, {human(result.macs)} MACs, "
-          f"{result.latency.median_ms:.3f} ms median latency, {accuracy:.2%} top-1")
+    print(
+        f"\nsummary: {human(result.params)} params, {human(result.macs)} MACs, "
+        f"{result.latency.median_ms:.3f} ms median latency, {accuracy:.2%} top-1"
+    )
     return {
         "accuracy": accuracy,
         "params": result.params,

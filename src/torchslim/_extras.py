@@ -34,9 +34,7 @@ def require(module: str, purpose: str) -> ModuleType:
     except ImportError as exc:
         top = module.split(".")[0]
         extra = EXTRA_OF_MODULE.get(top)
-        hint = (
-            f"pip install 'torchslim[{extra}]'" if extra else f"pip install {top}"
-        )
+        hint = f"pip install 'torchslim[{extra}]'" if extra else f"pip install {top}"
         raise MissingExtraError(
             f"{purpose} needs the optional package '{top}', which is not installed "
             f"({exc.__class__.__name__}: {exc}); install it with: {hint}"

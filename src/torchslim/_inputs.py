@@ -69,7 +69,7 @@ class Inputs:
 
 
 def as_inputs(example_inputs: Any) -> Inputs:
-    """Normalise ``example_inputs`` (tensor, tuple/list, or dict of keyword inputs) to :class:`Inputs`.
+    """Normalise ``example_inputs`` (tensor, tuple/list, or dict of keyword inputs).
 
     Raises:
         ConfigError: when the inputs hold no tensor or are of an unsupported type.

@@ -19,7 +19,7 @@ _DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32")
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """``"1,3,224,224" -> (1, 3, 224, 224)``; also accepts ``x`` as separator."""
-    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    parts = text.split(",") if "," in text else text.split("x")
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
@@ -33,7 +33,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 
 def parse_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["num_classes=10", "dropout=0.1"]`` -> ``{"num_classes": 10, "dropout": 0.1}`` (YAML values)."""
+    """``["num_classes=10", "p=0.1"]`` -> ``{"num_classes": 10, "p": 0.1}`` (YAML values)."""
     import yaml
 
     out: dict[str, Any] = {}
@@ -60,7 +60,9 @@ def _example_inputs(shapes: Sequence[str], dtype: str, model_spec: str) -> Any:
     for text in shapes:
         shape = parse_shape(text)
         if dtype.startswith("int"):
-            tensors.append(torch.randint(0, 2, shape, generator=generator, dtype=getattr(torch, dtype)))
+            tensors.append(
+                torch.randint(0, 2, shape, generator=generator, dtype=getattr(torch, dtype))
+            )
         else:
             tensors.append(torch.randn(shape, generator=generator).to(getattr(torch, dtype)))
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
@@ -75,7 +77,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     device = args.device
     if device == "meta":
         if not args.no_latency:
-            raise ConfigError("the meta device runs nothing, so it has no latency; add --no-latency")
+            raise ConfigError(
+                "the meta device runs nothing, so it has no latency; add --no-latency"
+            )
         model = build_on_meta(lambda: load_model(args.model, **kwargs))
     else:
         model = load_model(args.model, **kwargs)
@@ -110,7 +114,9 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from torchslim._demo_job import DemoConfig, run_demo
 
-    run_demo(DemoConfig(epochs=args.epochs, dataset=args.dataset, threads=args.threads))
+    run_demo(
+        DemoConfig(epochs=args.epochs, dataset=args.dataset, threads=args.threads, out_dir=args.out)
+    )
     return 0
 
 
@@ -120,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Make PyTorch models smaller and faster on the hardware they run on.",
     )
     parser.add_argument("--version", action="version", version=f"torchslim {torchslim.__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -141,8 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. 1,3,224,224; repeat for models with several inputs",
     )
     p.add_argument("--input-dtype", default="float32", choices=_DTYPES)
-    p.add_argument("-a", "--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="constructor argument, e.g. -a num_classes=10")
+    p.add_argument(
+        "-a",
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor argument, e.g. -a num_classes=10",
+    )
     p.add_argument("--backend", default="eager", help="latency backend (eager, compile, ...)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, or meta (counts only)")
     p.add_argument("--threads", type=int, default=None, help="pin the CPU thread count")
@@ -158,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=2)
     d.add_argument("--dataset", default="mnist5k")
     d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--out", default="runs/demo", help="where the trained model is saved")
     d.set_defaults(func=_cmd_demo)
     return parser
 

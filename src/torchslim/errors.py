@@ -1,8 +1,9 @@
 """One exception family for torchslim.
 
-Every error the library raises on purpose derives from :class:`TorchSlimError`, and its message names
-the value or layer at fault and says how to fix it. Subclasses that mirror a built-in meaning also
-derive from that built-in (``ConfigError`` is a ``ValueError``), so generic handlers keep working.
+Every error the library raises on purpose derives from :class:`TorchSlimError`, and its message
+names the value or layer at fault and says how to fix it. Subclasses that mirror a built-in
+meaning also derive from that built-in (``ConfigError`` is a ``ValueError``), so generic
+handlers keep working.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class MissingExtraError(TorchSlimError, ImportError):
 
 
 class ModelSpecError(TorchSlimError, ValueError):
-    """A model spec (``torchvision:resnet18``, ``file.py:factory``, a saved model) cannot be loaded."""
+    """A model spec (``torchvision:resnet18``, ``file.py:factory``, a saved model) cannot load."""
 
 
 class DatasetError(TorchSlimError, ValueError):

@@ -105,7 +105,9 @@ def test_save_with_explicit_source_file(factory_file, tmp_path):
     model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
     with pytest.raises(ModelSpecError, match="source="):
         ts.save(model, tmp_path / "m")
-    path = ts.save(model, tmp_path / "m", source=f"{factory_file}:make_model", source_kwargs={"width": 6})
+    path = ts.save(
+        model, tmp_path / "m", source=f"{factory_file}:make_model", source_kwargs={"width": 6}
+    )
     loaded = ts.load(path)
     x = torch.randn(5, 3)
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -9,14 +9,24 @@ from torch import nn
 import torchslim as ts
 from torchslim._inputs import as_inputs
 from torchslim.errors import ConfigError
-from torchslim.profiling import Latency, LatencyBackend, measure_latency, register_latency_backend
-from torchslim.profiling import _latency
+from torchslim.profiling import (
+    Latency,
+    LatencyBackend,
+    _latency,
+    measure_latency,
+    register_latency_backend,
+)
 
 
 def test_statistics_of_known_samples():
     lat = Latency.from_samples(
-        [float(x) for x in range(1, 11)], runs=10, warmup=0, threads=1, backend="eager",
-        device="cpu", batch_size=4,
+        [float(x) for x in range(1, 11)],
+        runs=10,
+        warmup=0,
+        threads=1,
+        backend="eager",
+        device="cpu",
+        batch_size=4,
     )
     assert lat.median_ms == 5.5
     assert lat.mean_ms == 5.5
@@ -90,7 +100,9 @@ def test_register_a_backend_by_name():
         pass
 
     try:
-        lat = measure_latency(nn.Identity(), as_inputs(torch.zeros(1)), backend="test-double", runs=2)
+        lat = measure_latency(
+            nn.Identity(), as_inputs(torch.zeros(1)), backend="test-double", runs=2
+        )
         assert lat.backend == "test-double"
         with pytest.raises(ConfigError, match="already registered"):
             register_latency_backend("test-double")(CountingBackend)
@@ -100,8 +112,12 @@ def test_register_a_backend_by_name():
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"runs": 0}, "runs must be >= 1"), ({"warmup": -1}, "warmup must be >= 0"),
-     ({"threads": 0}, "threads must be >= 1"), ({"device": "meta"}, "meta device")],
+    [
+        ({"runs": 0}, "runs must be >= 1"),
+        ({"warmup": -1}, "warmup must be >= 0"),
+        ({"threads": 0}, "threads must be >= 1"),
+        ({"device": "meta"}, "meta device"),
+    ],
 )
 def test_bad_options_are_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -13,7 +13,9 @@ def test_mlp_activation_peak_is_exact(device):
     # Linear(1000->2000) output (4x2000 fp32 = 32,000 B) and the ReLU output are both live at the
     # ReLU; then the first is freed before Linear(2000->10) runs: peak 64,000 B.
     model = nn.Sequential(nn.Linear(1000, 2000), nn.ReLU(), nn.Linear(2000, 10)).to(device)
-    memory = measure_memory(model, as_inputs(torch.randn(4, 1000, device=device)), torch.device(device))
+    memory = measure_memory(
+        model, as_inputs(torch.randn(4, 1000, device=device)), torch.device(device)
+    )
     assert memory.activations_peak_bytes == 64_000
     assert memory.params_bytes == (1000 * 2000 + 2000 + 2000 * 10 + 10) * 4
     assert memory.inputs_bytes == 4 * 1000 * 4

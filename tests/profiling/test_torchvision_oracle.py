@@ -27,7 +27,9 @@ def _reference_cases():
                 size = weights.meta["min_size"][0]
                 kwargs["image_size"] = size
             cases[(name, size)] = (kwargs, weights.meta["_ops"], str(weights))
-    return [pytest.param(name, size, *rest, id=f"{name}-{size}") for (name, size), rest in cases.items()]
+    return [
+        pytest.param(name, size, *rest, id=f"{name}-{size}") for (name, size), rest in cases.items()
+    ]
 
 
 CASES = _reference_cases()

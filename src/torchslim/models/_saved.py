@@ -91,7 +91,9 @@ def save(
     try:
         text = json.dumps(record, indent=2, sort_keys=True)
     except TypeError as exc:
-        raise ModelSpecError(f"source_kwargs and metadata must be JSON-serialisable: {exc}") from exc
+        raise ModelSpecError(
+            f"source_kwargs and metadata must be JSON-serialisable: {exc}"
+        ) from exc
     if path.exists():
         if not is_saved_model(path):
             raise ModelSpecError(
@@ -135,7 +137,9 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Mo
         )
     model = load_model(record["source"], **record["source_kwargs"])
     try:
-        missing, unexpected = load_weights(model, str(path / _WEIGHTS), strict=False, device=str(device))
+        missing, unexpected = load_weights(
+            model, str(path / _WEIGHTS), strict=False, device=str(device)
+        )
     except RuntimeError as exc:
         raise ModelSpecError(
             f"the weights in {path / _WEIGHTS} do not fit the model rebuilt from "
@@ -144,6 +148,7 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Mo
     if missing or unexpected:
         raise ModelSpecError(
             f"the weights in {path / _WEIGHTS} do not fit the model rebuilt from "
-            f"{record['source']!r}: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            f"{record['source']!r}: missing {sorted(missing)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
         )
     return model.to(device)

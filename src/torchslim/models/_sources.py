@@ -104,7 +104,9 @@ def _from_file(path: Path, factory: str, **kwargs: Any) -> torch.nn.Module:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[module_name]
-        raise ModelSpecError(f"importing {str(path)!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise ModelSpecError(
+            f"importing {str(path)!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     fn = getattr(module, factory, None)
     if not callable(fn):
         names = [n for n in vars(module) if callable(vars(module)[n]) and not n.startswith("_")]

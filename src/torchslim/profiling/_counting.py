@@ -125,5 +125,7 @@ def count_macs(model: torch.nn.Module, inputs: Inputs) -> tuple[int, list[LayerP
         if macs == 0 and own_params == 0:
             continue
         share = macs / total_macs if total_macs else 0.0
-        layers.append(LayerProfile(name, type(module).__name__, own_params, macs, share, calls[name]))
+        layers.append(
+            LayerProfile(name, type(module).__name__, own_params, macs, share, calls[name])
+        )
     return total_macs, layers

@@ -136,10 +136,20 @@ class Profile:
             rows = rows[:top]
         header = ("module", "type", "params", "MACs", "share", "calls")
         body = [
-            (r.name or "(root)", r.type, human(r.params), human(r.macs), f"{r.share:6.1%}", str(r.calls))
+            (
+                r.name or "(root)",
+                r.type,
+                human(r.params),
+                human(r.macs),
+                f"{r.share:6.1%}",
+                str(r.calls),
+            )
             for r in rows
         ]
-        widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(header)]
+        widths = [
+            max(len(h), *(len(b[i]) for b in body)) if body else len(h)
+            for i, h in enumerate(header)
+        ]
         align = ("<", "<", ">", ">", ">", ">")
 
         def fmt(cells: tuple[str, ...]) -> str:
@@ -222,8 +232,13 @@ def profile(
             mem = measure_memory(model, inputs, target) if memory else None
             lat = (
                 measure_latency(
-                    model, inputs, backend=backend, device=target, threads=n_threads,
-                    warmup=warmup, runs=runs,
+                    model,
+                    inputs,
+                    backend=backend,
+                    device=target,
+                    threads=n_threads,
+                    warmup=warmup,
+                    runs=runs,
                 )
                 if latency
                 else None

@@ -1,0 +1,32 @@
+"""The demo job trains a real model to a real accuracy and saves it reloadably."""
+
+import pytest
+import torch
+
+import torchslim as ts
+from torchslim._demo_job import DemoConfig, run_demo
+from torchslim.errors import ConfigError
+
+
+def test_demo_trains_profiles_and_saves(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    config = DemoConfig(
+        dataset="digits", epochs=4, progress=False, out_dir=str(tmp_path), threads=2
+    )
+    figures = run_demo(config)
+    out = capsys.readouterr().out
+    assert figures["accuracy"] > 0.85  # 8x8 digits, 4 short epochs; typically ~95%
+    assert "DemoResNet" in out and "summary:" in out
+    model = ts.load(tmp_path / "trained").eval()
+    assert sum(p.numel() for p in model.parameters()) == figures["params"]
+    test = ts.load_dataset("digits", "test")
+    inputs, targets = test.tensors
+    with torch.no_grad():
+        accuracy = (model(inputs).argmax(1) == targets).float().mean().item()
+    assert accuracy == pytest.approx(figures["accuracy"])
+
+
+@pytest.mark.parametrize("field", ["epochs", "batch_size", "lr"])
+def test_config_validation(field):
+    with pytest.raises(ConfigError, match=field):
+        DemoConfig(**{field: 0})
