@@ -100,3 +100,23 @@ def test_param_counts_dedupe_tied_weights_and_split_trainable():
     total, trainable = count_params(model)
     assert total == 100 * 16 + 16 * 16 + 16
     assert trainable == total - 16
+
+
+def _transformer():
+    layer = nn.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
+    return nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_attention_counts_the_same_on_cpu_and_meta(grad):
+    # On real CPU tensors, nn.MultiheadAttention's inference fast path and SDPA's CPU flash kernel
+    # would hide the attention MACs from the counter; the count must not depend on the device.
+    model = _transformer()
+    x = torch.randn(2, 10, 32)
+    with torch.set_grad_enabled(grad):
+        cpu, _ = count_macs(model, as_inputs(x))
+        meta, _ = count_macs(model.to("meta"), as_inputs(x.to("meta")))
+    # per layer: q, k, v, out projections 4*d*d, scores and weighted sum 2*n*d, MLP 2*d*ff
+    per_sample_layer = 10 * (4 * 32 * 32 + 2 * 32 * 64) + 2 * 10 * 10 * 32
+    assert cpu == meta == 2 * 2 * per_sample_layer
+    assert torch.backends.mha.get_fastpath_enabled()  # restored

@@ -16,8 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from torchslim._inputs import Inputs
 
@@ -69,6 +72,39 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
     return total, trainable
 
 
+_aten = torch.ops.aten
+# Kernels PyTorch's counter has no formula for, mapped to the formula of their equivalent: the CPU
+# flash-attention kernel that F.scaled_dot_product_attention dispatches to on real CPU tensors.
+def _same_formula_as(op: Any) -> Any:
+    formula = flop_registry[op]  # already wrapped to take tensors; tell the counter so
+    wrapper = lambda *args, **kwargs: formula(*args, **kwargs)  # noqa: E731
+    wrapper._get_raw = True
+    return wrapper
+
+
+_EXTRA_FORMULAS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu: _same_formula_as(
+        _aten._scaled_dot_product_flash_attention
+    ),
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward: _same_formula_as(
+        _aten._scaled_dot_product_flash_attention_backward
+    ),
+}
+
+
+@contextlib.contextmanager
+def _countable_paths() -> Iterator[None]:
+    """Route ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` through their op-by-op
+    path: their inference "fast path" is one fused kernel that no counter sees, so without this a
+    ViT would count fewer MACs under ``no_grad`` on CPU than on the meta device."""
+    enabled = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(enabled)
+
+
 def _total_flops(counter: FlopCounterMode) -> int:
     return int(sum(counter.flop_counts["Global"].values()))
 
@@ -83,7 +119,7 @@ def count_macs(model: torch.nn.Module, inputs: Inputs) -> tuple[int, list[LayerP
         The total MACs and the per-module table, in the order modules first ran. Modules that
         neither own parameters nor run counted ops are left out of the table.
     """
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
     names = {id(m): n for n, m in model.named_modules(remove_duplicate=True)}
     own: dict[str, int] = {}  # FLOPs of ops each module ran itself, outside its child modules
     calls: dict[str, int] = {}
@@ -109,7 +145,7 @@ def count_macs(model: torch.nn.Module, inputs: Inputs) -> tuple[int, list[LayerP
             handles.append(module.register_forward_pre_hook(pre_hook))
             handles.append(module.register_forward_hook(post_hook, always_call=True))
     try:
-        with counter:
+        with _countable_paths(), counter:
             inputs.call(model)
     finally:
         for h in handles:
