@@ -16,12 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from torchslim._attention import attention_op_by_op
 from torchslim._inputs import Inputs
 
 __all__ = ["LayerProfile", "count_params", "count_macs"]
@@ -73,6 +71,8 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 
 
 _aten = torch.ops.aten
+
+
 # Kernels PyTorch's counter has no formula for, mapped to the formula of their equivalent: the CPU
 # flash-attention kernel that F.scaled_dot_product_attention dispatches to on real CPU tensors.
 def _same_formula_as(op: Any) -> Any:
@@ -90,19 +90,6 @@ _EXTRA_FORMULAS = {
         _aten._scaled_dot_product_flash_attention_backward
     ),
 }
-
-
-@contextlib.contextmanager
-def _countable_paths() -> Iterator[None]:
-    """Route ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` through their op-by-op
-    path: their inference "fast path" is one fused kernel that no counter sees, so without this a
-    ViT would count fewer MACs under ``no_grad`` on CPU than on the meta device."""
-    enabled = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(enabled)
 
 
 def _total_flops(counter: FlopCounterMode) -> int:
@@ -145,7 +132,7 @@ def count_macs(model: torch.nn.Module, inputs: Inputs) -> tuple[int, list[LayerP
             handles.append(module.register_forward_pre_hook(pre_hook))
             handles.append(module.register_forward_hook(post_hook, always_call=True))
     try:
-        with _countable_paths(), counter:
+        with attention_op_by_op(), counter:
             inputs.call(model)
     finally:
         for h in handles:
