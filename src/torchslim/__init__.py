@@ -31,6 +31,18 @@ _EXPORTS = {
     "register_model_source": "torchslim.models",
     "save": "torchslim.models",
     "load": "torchslim.models",
+    "trace": "torchslim.graph",
+    "DependencyGraph": "torchslim.graph",
+    "Group": "torchslim.graph",
+    "prune_": "torchslim.pruning",
+    "apply_plan": "torchslim.pruning",
+    "PruningPlan": "torchslim.pruning",
+    "PruneResult": "torchslim.pruning",
+    "LayerPruner": "torchslim.pruning",
+    "register_layer_pruner": "torchslim.pruning",
+    "Importance": "torchslim.importance",
+    "register_importance": "torchslim.importance",
+    "list_importances": "torchslim.importance",
     "load_dataset": "torchslim.data",
     "list_datasets": "torchslim.data",
     "TorchSlimError": "torchslim.errors",
@@ -40,6 +52,7 @@ _EXPORTS = {
     "DatasetError": "torchslim.errors",
     "UnsupportedOpError": "torchslim.errors",
     "TracingError": "torchslim.errors",
+    "PruningError": "torchslim.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -51,10 +64,13 @@ if TYPE_CHECKING:  # pragma: no cover
         DatasetError,
         MissingExtraError,
         ModelSpecError,
+        PruningError,
         TorchSlimError,
         TracingError,
         UnsupportedOpError,
     )
+    from torchslim.graph import DependencyGraph, Group, trace
+    from torchslim.importance import Importance, list_importances, register_importance
     from torchslim.models import load, load_model, register_model_source, save
     from torchslim.profiling import (
         Latency,
@@ -66,6 +82,14 @@ if TYPE_CHECKING:  # pragma: no cover
         measure_latency,
         profile,
         register_latency_backend,
+    )
+    from torchslim.pruning import (
+        LayerPruner,
+        PruneResult,
+        PruningPlan,
+        apply_plan,
+        prune_,
+        register_layer_pruner,
     )
 
 

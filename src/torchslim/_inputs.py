@@ -6,7 +6,8 @@ inputs (Hugging Face style). Inputs may nest containers; every tensor inside is 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from torchslim.errors import ConfigError
 
-__all__ = ["Inputs", "as_inputs"]
+__all__ = ["Inputs", "as_inputs", "eval_mode"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +99,16 @@ def as_inputs(example_inputs: Any) -> Inputs:
             "{'input_ids': ids, 'attention_mask': mask}"
         )
     return inputs
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run the block with ``model`` in eval mode (no running-statistics updates, no dropout), then
+    restore every module's own train/eval flag."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag

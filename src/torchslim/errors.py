@@ -16,6 +16,7 @@ __all__ = [
     "DatasetError",
     "UnsupportedOpError",
     "TracingError",
+    "PruningError",
 ]
 
 
@@ -45,3 +46,7 @@ class UnsupportedOpError(TorchSlimError):
 
 class TracingError(TorchSlimError):
     """The model could not be traced on the given example inputs."""
+
+
+class PruningError(TorchSlimError):
+    """Pruning could not be applied; the model was restored exactly as it was."""

@@ -44,6 +44,7 @@ def save(
     source: str | None = None,
     source_kwargs: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    plan: Any = None,
     overwrite: bool = False,
 ) -> Path:
     """Save ``model`` to the directory ``path`` (weights as safetensors, the rest as JSON).
@@ -55,6 +56,8 @@ def save(
             ``"models.py:make_model"``. Optional for models built by :func:`load_model`.
         source_kwargs: Constructor arguments for ``source`` (JSON-serialisable).
         metadata: Any JSON-serialisable extra information to store.
+        plan: The :class:`~torchslim.PruningPlan` that turns the rebuilt architecture into this
+            (pruned) model; :func:`load` replays it before loading the weights.
         overwrite: Replace an existing saved model at ``path``.
 
     Returns:
@@ -87,6 +90,7 @@ def save(
         "source": source,
         "source_kwargs": source_kwargs or {},
         "metadata": metadata or {},
+        "plan": plan.to_dict() if plan is not None else None,
     }
     try:
         text = json.dumps(record, indent=2, sort_keys=True)
@@ -119,8 +123,17 @@ def save(
     return path
 
 
-def load(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild a model saved with :func:`save` and load its weights (strictly)."""
+def load(
+    path: str | Path, model: torch.nn.Module | None = None, *, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Rebuild a model saved with :func:`save`, replay its pruning plan, load its weights strictly.
+
+    Args:
+        path: The saved model's directory.
+        model: A freshly built, unpruned model of the saved architecture to use instead of
+            rebuilding it from the recorded source spec.
+        device: Where to put the weights.
+    """
     from safetensors.torch import load_model as load_weights
 
     from torchslim.models._sources import load_model
@@ -135,7 +148,12 @@ def load(path: str | Path, *, device: str | torch.device = "cpu") -> torch.nn.Mo
             f"{record.get('format_version')!r}; this torchslim reads {FORMAT!r} up to version "
             f"{FORMAT_VERSION}: upgrade torchslim"
         )
-    model = load_model(record["source"], **record["source_kwargs"])
+    if model is None:
+        model = load_model(record["source"], **record["source_kwargs"])
+    if record.get("plan"):
+        from torchslim.pruning import PruningPlan, apply_plan
+
+        apply_plan(model, PruningPlan.from_dict(record["plan"]))
     try:
         missing, unexpected = load_weights(
             model, str(path / _WEIGHTS), strict=False, device=str(device)

@@ -1,0 +1,229 @@
+"""The dependency graph: groups of coupled tensor dimensions that must lose the same channels."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from torchslim._inputs import Inputs, as_inputs
+from torchslim._patterns import matches_any
+from torchslim.graph._labels import PINNED
+from torchslim.graph._trace import trace_ids
+
+__all__ = ["Member", "Group", "DependencyGraph", "trace"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tensor dimension in a group.
+
+    Attributes:
+        tensor: Fully qualified parameter or buffer name (``layer1.0.conv1.weight``).
+        dim: The dimension that loses indices.
+        module: Name of the module that owns the tensor.
+        module_type: Its class name.
+    """
+
+    tensor: str
+    dim: int
+    module: str
+    module_type: str
+
+
+class Group:
+    """Coupled tensor dimensions: channel ``c`` is ``indices[c][m]`` of member ``m``.
+
+    A channel is the smallest removable unit: usually one index of every member, but e.g. one
+    convolution channel flattened into a linear layer is ``H*W`` input features of that layer.
+    """
+
+    def __init__(
+        self,
+        graph: DependencyGraph,
+        members: tuple[Member, ...],
+        indices: list[list[np.ndarray]],
+    ) -> None:
+        self.graph = graph
+        self.members = members
+        self.indices = indices  # [channel][member] -> index array
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def modules(self) -> list[str]:
+        """Names of the modules whose tensors are in the group, in order of first appearance."""
+        return list(dict.fromkeys(m.module for m in self.members))
+
+    def member_indices(self, channels: Iterable[int]) -> dict[tuple[str, int], np.ndarray]:
+        """For the given channels, the indices each member loses."""
+        chosen = list(channels)
+        out = {}
+        for k, m in enumerate(self.members):
+            parts = [self.indices[c][k] for c in chosen]
+            out[(m.tensor, m.dim)] = np.sort(np.concatenate(parts)) if parts else np.empty(0, int)
+        return out
+
+    def prune(self, channels: Sequence[int]) -> Any:
+        """Remove these channels (positions ``0..len(self)-1``) from the model, atomically.
+
+        Returns the :class:`~torchslim.pruning.PruningPlan` applied. The graph is stale afterwards:
+        trace again before pruning more.
+        """
+        from torchslim.pruning._plan import plan_from_removals
+        from torchslim.pruning._surgery import apply_plan
+
+        self.graph._check_fresh()
+        bad = [c for c in channels if not 0 <= c < len(self)]
+        if bad:
+            raise IndexError(f"channels {bad[:5]} out of range for a group of {len(self)}")
+        plan = plan_from_removals(self.graph.model, [(self, channels)], options={"manual": True})
+        apply_plan(self.graph.model, plan, verify_inputs=self.graph.inputs)
+        self.graph.stale = True
+        return plan
+
+    def __repr__(self) -> str:
+        names = ", ".join(m or "(root)" for m in self.modules[:4])
+        more = ", …" if len(self.modules) > 4 else ""
+        return f"Group({len(self)} channels, {len(self.members)} members: {names}{more})"
+
+    def __str__(self) -> str:
+        rows = [("tensor", "module type", "dim", "size", "per channel")]
+        for k, m in enumerate(self.members):
+            size = self.graph.shapes[m.tensor][m.dim]
+            per = sorted({len(ch[k]) for ch in self.indices})
+            rows.append((m.tensor, m.module_type, str(m.dim), str(size), "/".join(map(str, per))))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = [f"Group of {len(self)} channels"]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+class DependencyGraph:
+    """What :func:`trace` found: the prunable groups of a model, and the ops it could not follow."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: Inputs,
+        groups: list[Group],
+        shapes: dict[str, tuple[int, ...]],
+        unsupported: dict[str, int],
+    ) -> None:
+        self.model = model
+        self.inputs = inputs
+        self._groups = groups
+        self.shapes = shapes
+        self.unsupported = unsupported
+        self.stale = False
+
+    def groups(self) -> list[Group]:
+        """The prunable groups, largest first in module order."""
+        self._check_fresh()
+        return list(self._groups)
+
+    def _check_fresh(self) -> None:
+        if self.stale:
+            from torchslim.errors import ConfigError
+
+            raise ConfigError("the model changed since it was traced; call ts.trace(...) again")
+
+    def __str__(self) -> str:
+        lines = [f"DependencyGraph of {type(self.model).__name__}: {len(self._groups)} groups"]
+        for g in self._groups:
+            lines.append(f"  {len(g):5d} channels  {', '.join(g.modules[:6])}")
+        if self.unsupported:
+            ops = ", ".join(f"{k} x{v}" for k, v in sorted(self.unsupported.items()))
+            lines.append(f"  ops without a rule (their channels are kept): {ops}")
+        return "\n".join(lines)
+
+
+def _owners(model: nn.Module) -> dict[str, tuple[str, nn.Module, str]]:
+    """Tensor name -> (module name, module, local name)."""
+    out = {}
+    for mname, module in model.named_modules(remove_duplicate=True):
+        for local, t in [*module._parameters.items(), *module._buffers.items()]:
+            if t is None:
+                continue
+            full = f"{mname}.{local}" if mname else local
+            out[full] = (mname, module, local)
+    return out
+
+
+def trace(
+    model: nn.Module, example_inputs: Any, *, ignore: Iterable[str] = (), min_size: int = 2
+) -> DependencyGraph:
+    """Trace ``model`` on ``example_inputs`` and group its coupled prunable dimensions.
+
+    Args:
+        model: The model (not modified; runs once in its current train/eval mode).
+        example_inputs: A tensor, a tuple of tensors, or a dict of keyword inputs.
+        ignore: Module-name patterns (exact, glob, or ``re:`` regex) whose tensors are kept whole,
+            and with them every channel coupled to them.
+        min_size: Groups with fewer channels are not reported.
+    """
+    from torchslim.pruning._layers import get_layer_pruner, is_library_module
+
+    inputs = as_inputs(example_inputs)
+    ignore = tuple(ignore)
+    result = trace_ids(model, inputs)
+    space = result.space
+    owners = _owners(model)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+    # dimensions that may not lose indices: by layer type, or because the user said so
+    for name, dims in result.tensor_ids.items():
+        mname, module, local = owners[name]
+        pruner = get_layer_pruner(module)
+        if pruner is not None:
+            allowed = pruner.prunable_dims(module).get(local, ())
+        elif is_library_module(module):
+            allowed = ()
+        else:
+            allowed = tuple(range(len(dims)))
+        if ignore and matches_any(mname, ignore):
+            allowed = ()
+        for d, ids in enumerate(dims):
+            if d not in allowed:
+                space.pin(ids)
+    root = space.components()
+    pinned = root[PINNED]
+
+    # channel (component root) -> {(tensor, dim): [indices]}
+    channels: dict[int, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
+    for name, dims in result.tensor_ids.items():
+        for d, ids in enumerate(dims):
+            roots = root[ids]
+            for index in np.flatnonzero(roots != pinned):
+                channels[int(roots[index])][(name, d)].append(int(index))
+
+    by_signature: dict[tuple, list[int]] = defaultdict(list)
+    for r, where in channels.items():
+        by_signature[tuple(sorted(where))].append(r)
+
+    order = {name: i for i, name in enumerate(shapes)}
+    groups = []
+    graph = DependencyGraph(model, inputs, groups, shapes, dict(result.unsupported))
+    for signature, roots in by_signature.items():
+        if len(roots) < min_size:
+            continue
+        keys = sorted(signature, key=lambda k: (order.get(k[0], 0), k[1]))
+        members = tuple(Member(t, d, owners[t][0], type(owners[t][1]).__name__) for t, d in keys)
+        first = keys[0]
+        roots.sort(key=lambda r: min(channels[r][first]))
+        indices = [[np.asarray(channels[r][k], dtype=np.int64) for k in keys] for r in roots]
+        groups.append(Group(graph, members, indices))
+    groups.sort(key=lambda g: order.get(g.members[0].tensor, 0))
+    if result.unsupported:
+        _logger.info("ops without a pruning rule (channels kept): %s", dict(result.unsupported))
+    return graph

@@ -1,0 +1,170 @@
+"""Surgery: apply a plan to a model, atomically.
+
+Every parameter keeps its identity (only ``.data`` is replaced), so optimizers and references held
+by the caller stay valid. If anything fails (a layer that cannot take the new shapes, a forward pass
+that no longer runs), every tensor and attribute is restored exactly and the error names the
+module at fault.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim._inputs import Inputs, eval_mode
+from torchslim.errors import PruningError, TorchSlimError
+from torchslim.pruning._layers import get_layer_pruner, is_library_module
+from torchslim.pruning._plan import PruningPlan
+
+__all__ = ["apply_plan", "transaction"]
+
+_logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def transaction(model: nn.Module) -> Iterator[None]:
+    """Restore every module's tensors and attributes exactly if the block raises."""
+    saved = []
+    for module in model.modules():
+        attrs = {
+            k: v
+            for k, v in module.__dict__.items()
+            if k not in ("_parameters", "_buffers", "_modules")
+        }
+        params = dict(module._parameters)
+        data = {k: (p.data, p.grad) for k, p in params.items() if p is not None}
+        saved.append((module, attrs, params, data, dict(module._buffers), dict(module._modules)))
+    try:
+        yield
+    except BaseException:
+        for module, attrs, params, data, buffers, modules in saved:
+            for k in list(module.__dict__):
+                if k not in ("_parameters", "_buffers", "_modules") and k not in attrs:
+                    del module.__dict__[k]
+            module.__dict__.update(attrs)
+            module._parameters.clear()
+            module._parameters.update(params)
+            for k, (d, g) in data.items():
+                params[k].data = d
+                params[k].grad = g
+            module._buffers.clear()
+            module._buffers.update(buffers)
+            module._modules.clear()
+            module._modules.update(modules)
+        raise
+
+
+def _owners(model: nn.Module) -> dict[str, list[tuple[str, nn.Module, str]]]:
+    out: dict[str, list[tuple[str, nn.Module, str]]] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for local in [*module._parameters, *module._buffers]:
+            if getattr(module, local, None) is None:
+                continue
+            full = f"{mname}.{local}" if mname else local
+            out.setdefault(full, []).append((mname, module, local))
+    return out
+
+
+def _slice(t: torch.Tensor, dims: dict[int, list[int]]) -> torch.Tensor:
+    for d, keep in sorted(dims.items()):
+        t = t.index_select(d, torch.as_tensor(keep, dtype=torch.long, device=t.device))
+    return t.contiguous()
+
+
+def _outputs_signature(out: Any) -> list[tuple[int, ...]]:
+    from torchslim.graph._trace import _output_tensors
+
+    return [tuple(t.shape) for t in _output_tensors(out)]
+
+
+def apply_plan(
+    model: nn.Module, plan: PruningPlan, *, verify_inputs: Inputs | None = None
+) -> nn.Module:
+    """Prune ``model`` in place as ``plan`` says; all or nothing.
+
+    Args:
+        model: A model of the architecture the plan was made for, unpruned.
+        plan: The plan.
+        verify_inputs: When given, the model is run on them before and after, and its outputs must
+            keep their shapes.
+
+    Raises:
+        PruningError: the plan does not fit the model, a layer cannot take its new shapes, or the
+            pruned model fails; the model is left exactly as it was.
+    """
+    owners = _owners(model)
+    for name, shape in plan.shapes.items():
+        if name not in owners:
+            raise PruningError(f"the plan prunes {name!r}, which this model does not have")
+        t = getattr(owners[name][0][1], owners[name][0][2])
+        if list(t.shape) != list(shape):
+            raise PruningError(
+                f"the plan expects {name!r} of shape {list(shape)}, the model has "
+                f"{list(t.shape)}: apply plans to a fresh, unpruned model of the same architecture"
+            )
+    reference = None
+    if verify_inputs is not None:
+        with torch.no_grad(), eval_mode(model):
+            reference = _outputs_signature(verify_inputs.call(model))
+
+    with transaction(model):
+        touched: dict[int, tuple[str, nn.Module, dict[str, tuple[int, ...]]]] = {}
+        for name, dims in plan.kept.items():
+            first_module, first_local = owners[name][0][1], owners[name][0][2]
+            t = getattr(first_module, first_local)
+            new = _slice(t.detach(), dims)
+            if isinstance(t, nn.Parameter):
+                t.data = new  # shared (tied) parameters are sliced once, for every owner
+                t.grad = None
+            for mname, module, local in owners[name]:
+                if not isinstance(t, nn.Parameter):
+                    module._buffers[local] = new
+                entry = touched.setdefault(id(module), (mname, module, {}))
+                entry[2][local] = tuple(plan.shapes[name])
+        for mname, module, old_shapes in touched.values():
+            pruner = get_layer_pruner(module)
+            try:
+                if pruner is not None:
+                    pruner.update(module, old_shapes)
+                elif is_library_module(module):
+                    raise PruningError(
+                        f"no pruner registered for {type(module).__name__}; register one with "
+                        f"@ts.register_layer_pruner({type(module).__name__})"
+                    )
+            except TorchSlimError as exc:
+                raise PruningError(
+                    f"cannot prune {type(module).__name__} at {mname!r}: {exc}; pass "
+                    f"ignore=[{mname!r}] to keep it"
+                ) from exc
+        if verify_inputs is not None:
+            try:
+                with torch.no_grad(), eval_mode(model):
+                    after = _outputs_signature(verify_inputs.call(model))
+            except Exception as exc:
+                custom = sorted(
+                    f"{m or '(root)'} ({type(mod).__name__})"
+                    for m, mod, _ in touched.values()
+                    if get_layer_pruner(mod) is None
+                )
+                hint = (
+                    f"; these modules had tensors pruned without a registered pruner: "
+                    f"{', '.join(custom)}: register a pruner for them with "
+                    "@ts.register_layer_pruner, or pass their names in ignore="
+                    if custom
+                    else ""
+                )
+                raise PruningError(
+                    f"the pruned model fails on the example inputs ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}){hint}; the model was restored"
+                ) from exc
+            if after != reference:
+                raise PruningError(
+                    f"pruning changed the output shapes from {reference} to {after}; the model was "
+                    "restored"
+                )
+    return model
