@@ -1,0 +1,228 @@
+"""prune_: exactness (zero-contribution oracle), options, plans, atomicity, files."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import torchslim as ts
+from torchslim._inputs import as_inputs
+from torchslim.errors import ConfigError, PruningError
+from torchslim.models import get_zoo_model, list_zoo
+from torchslim.testing import outputs_close, zero_removed
+
+# channel-separable zoo models: pruning must equal zeroing the removed channels
+SEPARABLE = [
+    "conv_chain",
+    "residual",
+    "depthwise",
+    "grouped",
+    "concat_split",
+    "squeeze_excite",
+    "multi_input",
+    "dataclass_output",
+    "demo_resnet",
+    "norms",
+]
+
+
+def _randomise_bn(model):
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("name", list_zoo())
+def test_every_zoo_model_prunes_and_keeps_its_outputs(name):
+    entry = get_zoo_model(name)
+    torch.manual_seed(0)
+    model = entry.build()
+    _randomise_bn(model)
+    inputs = as_inputs(entry.example_inputs(2))
+    original = copy.deepcopy(model)
+    with torch.no_grad():
+        before = inputs.call(model)
+    result = ts.prune_(model, inputs, ratio=0.5)
+    with torch.no_grad():
+        after = inputs.call(model)
+    from torchslim.graph._trace import _output_tensors
+
+    assert [t.shape for t in _output_tensors(after)] == [t.shape for t in _output_tensors(before)]
+    assert result.after.params <= result.before.params
+    assert result.after.params == sum(p.numel() for p in model.parameters())
+    if name in SEPARABLE:
+        # the zero-contribution oracle: exact, not just "runs"
+        with torch.no_grad():
+            assert outputs_close(after, inputs.call(zero_removed(original, result.plan)))
+        assert result.after.params < 0.8 * result.before.params
+    # the plan replays on a fresh model and gives the same model
+    torch.manual_seed(0)
+    fresh = entry.build()
+    _randomise_bn(fresh)
+    ts.apply_plan(fresh, ts.PruningPlan.from_json(result.plan.to_json()))
+    with torch.no_grad():
+        assert outputs_close(inputs.call(fresh), after, rtol=0, atol=0)
+
+
+def test_known_parameter_count_after_pruning():
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3),
+        nn.ReLU(),
+        nn.Conv2d(16, 8, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 5),
+    )
+    result = ts.prune_(model, torch.randn(1, 3, 9, 9), ratio=0.5)
+    # 16 -> 8 and 8 -> 4 channels: (3*9*8+8) + (8*9*4+4) + (4*5+5)
+    assert result.after.params == (3 * 9 * 8 + 8) + (8 * 9 * 4 + 4) + (4 * 5 + 5)
+    assert (model[0].out_channels, model[2].in_channels, model[2].out_channels) == (8, 8, 4)
+    assert model[6].in_features == 4 and model[6].out_features == 5
+
+
+def test_l1_removes_the_smallest_channels():
+    model = nn.Sequential(nn.Conv2d(2, 4, 1, bias=False), nn.Conv2d(4, 1, 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(
+            torch.tensor([3.0, 0.1, 2.0, 0.2]).view(4, 1, 1, 1).expand(4, 2, 1, 1)
+        )
+        model[1].weight.fill_(1.0)
+    result = ts.prune_(model, torch.randn(1, 2, 1, 1), ratio=0.5, importance="l1")
+    assert result.plan.kept["0.weight"] == {0: [0, 2]}
+
+
+def test_ratios_patterns_and_round_to():
+    model = ts.load_model("torchslim:demo_resnet")
+    x = torch.randn(1, 1, 28, 28)
+    ts.prune_(model, x, ratio=0.4, ratios={"stages.2.*": None, "re:stem\\..*": 0.25}, round_to=4)
+    assert model.stem[0].out_channels == 12  # 16 * (1 - 0.25)
+    assert model.stages[2][1].conv1.out_channels == 64  # kept whole
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels > 1:
+            assert m.out_channels % 4 == 0
+
+
+def test_global_ranking_removes_the_global_share():
+    model = ts.load_model("torchslim:demo_resnet")
+    graph = ts.trace(model, torch.randn(1, 1, 28, 28))
+    total = sum(len(g) for g in graph.groups())
+    result = ts.prune_(model, torch.randn(1, 1, 28, 28), ratio=0.3, global_ranking=True)
+    removed = total - sum(len(g) for g in ts.trace(model, torch.randn(1, 1, 28, 28)).groups())
+    assert removed == int(0.3 * total)
+    assert result.plan.options["global_ranking"] is True
+
+
+def test_min_channels_is_respected():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1))
+    ts.prune_(model, torch.randn(1, 3, 2, 2), ratio=0.9, min_channels=3)
+    assert model[0].out_channels == 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ratio": 1.0}, "ratio"),
+        ({"ratio": -0.1}, "ratio"),
+        ({"importance": "nope"}, "known: l1"),
+        ({"round_to": 0}, "round_to"),
+        ({"min_channels": 0}, "min_channels"),
+        ({"ratios": {"x": 2}}, "ratios"),
+    ],
+)
+def test_bad_options(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ts.prune_(nn.Linear(2, 2), torch.randn(1, 2), **kwargs)
+
+
+class Scaled(nn.Module):
+    """A custom layer with a hidden size attribute that tracing cannot see."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.scale = nn.Parameter(torch.ones(c))
+
+    def forward(self, x):
+        return x * self.scale.view(1, self.c, 1, 1)
+
+
+def test_a_group_that_breaks_the_model_is_kept_whole_and_reported():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Scaled(8), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 2, 1))
+    result = ts.prune_(model, torch.randn(1, 3, 2, 2), ratio=0.5)
+    assert model[0].out_channels == 8 and model[1].scale.shape == (8,)  # kept whole
+    assert model[2].out_channels == 4  # the other group was pruned
+    ((modules, reason),) = result.skipped
+    assert "1" in modules and "Scaled" in reason
+
+
+class BadPruner(ts.LayerPruner):
+    prunable = {"scale": (0,)}
+
+    def update(self, module, old_shapes):
+        raise ConfigError("refusing on purpose")
+
+
+def test_failure_midway_restores_the_model_exactly():
+    ts.register_layer_pruner(Scaled)(BadPruner)
+    try:
+        model = nn.Sequential(nn.Conv2d(3, 8, 1), Scaled(8), nn.Conv2d(8, 2, 1))
+        params = list(model.parameters())
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        graph = ts.trace(model, torch.randn(1, 3, 2, 2))
+        (group,) = graph.groups()
+        with pytest.raises(
+            PruningError, match=r"Scaled at '1'.*refusing on purpose.*ignore=\['1'\]"
+        ):
+            group.prune([0, 1])
+        assert list(model.parameters()) == params  # same objects
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, state[k]), k
+        assert model[0].out_channels == 8 and model[2].in_channels == 8
+    finally:
+        from torchslim.pruning import _layers
+
+        del _layers._PRUNERS[Scaled]
+
+
+def test_plan_does_not_fit_another_model():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1))
+    result = ts.prune_(copy.deepcopy(model), torch.randn(1, 3, 2, 2))
+    other = nn.Sequential(nn.Conv2d(3, 6, 1), nn.Conv2d(6, 2, 1))
+    with pytest.raises(PruningError, match="fresh, unpruned model"):
+        ts.apply_plan(other, result.plan)
+    assert other[0].out_channels == 6
+
+
+def test_plan_json_round_trip_and_validation():
+    model = ts.load_model("torchslim:residual")
+    result = ts.prune_(model, get_zoo_model("residual").example_inputs(1), ratio=0.5)
+    data = json.loads(result.plan.to_json())
+    assert data["format"] == "torchslim.plan" and data["options"]["ratio"] == 0.5
+    assert ts.PruningPlan.from_dict(data) == result.plan
+    data["kept"][next(iter(data["kept"]))]["0"] = []
+    with pytest.raises(ConfigError, match="removes every index"):
+        ts.PruningPlan.from_dict(data)
+
+
+def test_save_and_load_a_pruned_model(tmp_path):
+    torch.manual_seed(0)
+    model = ts.load_model("torchslim:demo_resnet")
+    x = torch.randn(3, 1, 28, 28)
+    result = ts.prune_(model, x, ratio=0.5)
+    path = ts.save(model, tmp_path / "pruned", plan=result.plan)
+    loaded = ts.load(path).eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert np.isclose(sum(p.numel() for p in loaded.parameters()), result.after.params)
+    # or onto a model the caller built
+    mine = ts.load(path, ts.load_model("torchslim:demo_resnet")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(mine(x), model(x), rtol=0, atol=0)
