@@ -111,6 +111,49 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from torchslim.models import load_model, save
+    from torchslim.pruning import prune_
+
+    kwargs = parse_kwargs(args.model_arg)
+    inputs = _example_inputs(args.input_shape, args.input_dtype, args.model)
+    model = load_model(args.model, **kwargs)
+    out = Path(args.out)
+    if (out / "model").exists() and not args.overwrite:
+        raise ConfigError(f"{out / 'model'} exists; pass --overwrite or choose another --out")
+    result = prune_(
+        model,
+        inputs,
+        ratio=args.ratio,
+        importance=args.importance,
+        ignore=args.ignore,
+        round_to=args.round_to,
+        global_ranking=args.global_ranking,
+        min_channels=args.min_channels,
+        measure_latency=not args.no_latency,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    saved = save(model, out / "model", overwrite=args.overwrite)
+    result.plan.to_json(out / "plan.json")
+    report = {
+        "model": args.model,
+        "before": result.before.to_dict(),
+        "after": result.after.to_dict(),
+        "skipped": [{"modules": list(m), "reason": r} for m, r in result.skipped],
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(result.table())
+    for modules, reason in result.skipped:
+        print(f"kept whole: {', '.join(m or '(root)' for m in modules[:4])}: {reason}")
+    print(
+        f"\nwrote {saved} (safetensors + JSON with the plan), {out / 'plan.json'}, "
+        f"{out / 'report.json'}"
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from torchslim._demo_job import DemoConfig, run_demo
 
@@ -168,6 +211,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
     p.set_defaults(func=_cmd_profile)
 
+    r = sub.add_parser(
+        "prune",
+        help="structurally prune a model and save it with its plan",
+        description="Prune a model: remove channels (coupled layers found automatically), save "
+        "the pruned model (safetensors + JSON plan) and print a before/after table.",
+    )
+    r.add_argument("model", metavar="MODEL")
+    r.add_argument("--input-shape", action="append", default=[], metavar="SHAPE")
+    r.add_argument("--input-dtype", default="float32", choices=_DTYPES)
+    r.add_argument("-a", "--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    r.add_argument("--ratio", type=float, default=0.5, help="fraction of channels to remove")
+    r.add_argument("--importance", default="l2", help="criterion: l2, l1, random, ...")
+    r.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="module names to keep whole (exact, glob, or re:REGEX); repeatable",
+    )
+    r.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples")
+    r.add_argument("--min-channels", type=int, default=1)
+    r.add_argument("--global-ranking", action="store_true")
+    r.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    r.add_argument("--out", required=True, help="output directory")
+    r.add_argument("--overwrite", action="store_true")
+    r.set_defaults(func=_cmd_prune)
+
     d = sub.add_parser("demo", help="the main job on the built-in example")
     d.add_argument("--epochs", type=int, default=2)
     d.add_argument("--dataset", default="mnist5k")
@@ -196,6 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("torchslim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

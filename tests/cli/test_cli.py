@@ -108,3 +108,45 @@ def test_console_script_is_installed():
         check=True,
     )
     assert out.stdout.startswith("torchslim ")
+
+
+def test_prune_writes_model_plan_and_report(capsys, tmp_path):
+    import torch
+
+    import torchslim as ts
+    from torchslim.models import get_zoo_model
+
+    out = tmp_path / "run"
+    code, text, _ = run(
+        capsys, "prune", "torchslim:conv_chain", "--ratio", "0.5", "--out", str(out), "--no-latency"
+    )
+    assert code == 0
+    assert "params" in text and "MACs" in text and "after/before" in text
+    assert sorted(p.name for p in out.iterdir()) == ["model", "plan.json", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["after"]["params"] < report["before"]["params"]
+    loaded = ts.load(out / "model").eval()
+    assert sum(p.numel() for p in loaded.parameters()) == report["after"]["params"]
+    x = get_zoo_model("conv_chain").example_inputs(2)
+    assert loaded(x).shape == (2, 10)
+    # pruning the pruned model again composes the plans
+    code, _, _ = run(
+        capsys,
+        "prune",
+        str(out / "model"),
+        "--ratio",
+        "0.5",
+        "--out",
+        str(tmp_path / "again"),
+        "--no-latency",
+        "--input-shape",
+        ",".join(map(str, x.shape)),
+    )
+    assert code == 0
+    twice = ts.load(tmp_path / "again" / "model").eval()
+    assert sum(p.numel() for p in twice.parameters()) < report["after"]["params"]
+    with torch.no_grad():
+        assert torch.isfinite(twice(x)).all()
+    # never overwrites without being asked
+    code, _, err = run(capsys, "prune", "torchslim:conv_chain", "--out", str(out), "--no-latency")
+    assert code == 2 and "--overwrite" in err

@@ -226,3 +226,19 @@ def test_save_and_load_a_pruned_model(tmp_path):
     mine = ts.load(path, ts.load_model("torchslim:demo_resnet")).eval()
     with torch.no_grad():
         torch.testing.assert_close(mine(x), model(x), rtol=0, atol=0)
+
+
+def test_two_pruning_steps_save_as_one_composed_plan(tmp_path):
+    torch.manual_seed(0)
+    model = ts.load_model("torchslim:demo_resnet")
+    x = torch.randn(2, 1, 28, 28)
+    first = ts.prune_(model, x, ratio=0.25)
+    second = ts.prune_(model, x, ratio=0.25)
+    composed = first.plan.then(second.plan)
+    assert composed.shapes["stem.0.weight"] == [16, 1, 3, 3]
+    assert len(composed.kept["stem.0.weight"][0]) == model.stem[0].out_channels
+    path = ts.save(model, tmp_path / "m")  # the composed plan is recorded automatically
+    loaded = ts.load(path).eval()
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)

@@ -57,7 +57,8 @@ def save(
         source_kwargs: Constructor arguments for ``source`` (JSON-serialisable).
         metadata: Any JSON-serialisable extra information to store.
         plan: The :class:`~torchslim.PruningPlan` that turns the rebuilt architecture into this
-            (pruned) model; :func:`load` replays it before loading the weights.
+            (pruned) model; :func:`load` replays it before loading the weights. Defaults to the
+            plans torchslim applied to ``model`` in this process (all steps composed).
         overwrite: Replace an existing saved model at ``path``.
 
     Returns:
@@ -66,8 +67,11 @@ def save(
     from safetensors.torch import save_model
 
     from torchslim.models._sources import provenance
+    from torchslim.pruning._surgery import applied_plan
 
     path = Path(path)
+    if plan is None:
+        plan = applied_plan(model)
     if source is None:
         known = provenance(model)
         if known is None:
@@ -154,6 +158,9 @@ def load(
         from torchslim.pruning import PruningPlan, apply_plan
 
         apply_plan(model, PruningPlan.from_dict(record["plan"]))
+    from torchslim.models._sources import _PROVENANCE
+
+    _PROVENANCE[model] = (record["source"], dict(record["source_kwargs"]))
     try:
         missing, unexpected = load_weights(
             model, str(path / _WEIGHTS), strict=False, device=str(device)

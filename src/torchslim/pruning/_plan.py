@@ -60,6 +60,25 @@ class PruningPlan:
         keep = set(self.kept[name][dim])
         return [i for i in range(self.shapes[name][dim]) if i not in keep]
 
+    def then(self, later: PruningPlan) -> PruningPlan:
+        """The plan that does ``self`` and then ``later`` (made on the model ``self`` produced)."""
+        kept = {name: dict(dims) for name, dims in self.kept.items()}
+        shapes = {name: list(shape) for name, shape in self.shapes.items()}
+        for name, dims in later.kept.items():
+            base = kept.setdefault(name, {})
+            shapes.setdefault(name, list(later.shapes[name]))
+            for d, keep in dims.items():
+                before = base.get(d, list(range(later.shapes[name][d])))
+                if len(before) != later.shapes[name][d]:
+                    raise ConfigError(
+                        f"plans do not chain: {name!r} dim {d} has {len(before)} indices after the "
+                        f"first plan, the second expects {later.shapes[name][d]}"
+                    )
+                base[d] = [before[i] for i in keep]
+        return PruningPlan(
+            kept=kept, shapes=shapes, options={"steps": [self.options, later.options]}
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": "torchslim.plan",

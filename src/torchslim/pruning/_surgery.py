@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,16 @@ from torchslim.errors import PruningError, TorchSlimError
 from torchslim.pruning._layers import get_layer_pruner, is_library_module
 from torchslim.pruning._plan import PruningPlan
 
-__all__ = ["apply_plan", "transaction"]
+__all__ = ["apply_plan", "transaction", "applied_plan"]
+
+# model -> the plan that turned its unpruned architecture into it (composed over pruning steps)
+_APPLIED: weakref.WeakKeyDictionary[nn.Module, PruningPlan] = weakref.WeakKeyDictionary()
+
+
+def applied_plan(model: nn.Module) -> PruningPlan | None:
+    """The plan (all steps composed) that pruned ``model`` in this process, if any."""
+    return _APPLIED.get(model)
+
 
 _logger = logging.getLogger(__name__)
 
@@ -167,4 +177,6 @@ def apply_plan(
                     f"pruning changed the output shapes from {reference} to {after}; the model was "
                     "restored"
                 )
+    previous = _APPLIED.get(model)
+    _APPLIED[model] = previous.then(plan) if previous is not None else plan
     return model
