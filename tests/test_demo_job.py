@@ -24,9 +24,20 @@ def test_demo_trains_profiles_and_saves(tmp_path, capsys):
     with torch.no_grad():
         accuracy = (model(inputs).argmax(1) == targets).float().mean().item()
     assert accuracy == pytest.approx(figures["accuracy"])
+    # the pruned, fine-tuned model: smaller, still accurate, and reloadable with its plan
+    assert figures["pruned_params"] < 0.4 * figures["params"]
+    assert figures["finetuned_accuracy"] > 0.8
+    pruned = ts.load(tmp_path / "pruned").eval()
+    assert sum(p.numel() for p in pruned.parameters()) == figures["pruned_params"]
+    with torch.no_grad():
+        pruned_accuracy = (pruned(inputs).argmax(1) == targets).float().mean().item()
+    assert pruned_accuracy == pytest.approx(figures["finetuned_accuracy"])
 
 
-@pytest.mark.parametrize("field", ["epochs", "batch_size", "lr"])
-def test_config_validation(field):
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("epochs", 0), ("batch_size", 0), ("lr", 0), ("prune_ratio", 1.0), ("finetune_epochs", -1)],
+)
+def test_config_validation(field, value):
     with pytest.raises(ConfigError, match=field):
-        DemoConfig(**{field: 0})
+        DemoConfig(**{field: value})

@@ -13,7 +13,7 @@ def test_readme_quickstart_runs(capsys):
     assert len(quickstart.strip().splitlines()) == 3  # the promise: three lines
     exec(compile(quickstart, str(README), "exec"), {})
     out = capsys.readouterr().out
-    assert "DemoResNet" in out and "MACs" in out and "latency" in out
+    assert "DemoResNet" in out and "MACs" in out and "latency" in out and "after/before" in out
 
 
 def test_readme_shows_the_two_commands():
