@@ -11,12 +11,17 @@ from torchslim.errors import ConfigError
 def test_demo_trains_profiles_and_saves(tmp_path, capsys):
     pytest.importorskip("sklearn")
     config = DemoConfig(
-        dataset="digits", epochs=4, progress=False, out_dir=str(tmp_path), threads=2
+        dataset="digits",
+        epochs=4,
+        progress=False,
+        out_dir=str(tmp_path),
+        threads=2,
+        finetune_epochs=4,
     )
     figures = run_demo(config)
     out = capsys.readouterr().out
     assert figures["accuracy"] > 0.85  # 8x8 digits, 4 short epochs; typically ~95%
-    assert "DemoResNet" in out and "summary:" in out
+    assert "DemoResNet" in out and "summary" in out and "after/before" in out
     model = ts.load(tmp_path / "trained").eval()
     assert sum(p.numel() for p in model.parameters()) == figures["params"]
     test = ts.load_dataset("digits", "test")
@@ -26,6 +31,7 @@ def test_demo_trains_profiles_and_saves(tmp_path, capsys):
     assert accuracy == pytest.approx(figures["accuracy"])
     # the pruned, fine-tuned model: smaller, still accurate, and reloadable with its plan
     assert figures["pruned_params"] < 0.4 * figures["params"]
+    assert figures["recalibrated_accuracy"] >= figures["pruned_accuracy"]
     assert figures["finetuned_accuracy"] > 0.8
     pruned = ts.load(tmp_path / "pruned").eval()
     assert sum(p.numel() for p in pruned.parameters()) == figures["pruned_params"]

@@ -43,6 +43,7 @@ _EXPORTS = {
     "Importance": "torchslim.importance",
     "register_importance": "torchslim.importance",
     "list_importances": "torchslim.importance",
+    "recalibrate_bn": "torchslim.train",
     "load_dataset": "torchslim.data",
     "list_datasets": "torchslim.data",
     "TorchSlimError": "torchslim.errors",
@@ -91,6 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover
         prune_,
         register_layer_pruner,
     )
+    from torchslim.train import recalibrate_bn
 
 
 def __getattr__(name: str) -> Any:

@@ -50,7 +50,7 @@ class DemoConfig:
     progress: bool = True
     out_dir: str | None = "runs/demo"
     prune_ratio: float = 0.5
-    finetune_epochs: int = 1
+    finetune_epochs: int = 2
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -128,6 +128,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, float]:
     from torchslim.models import DemoResNet, save
     from torchslim.profiling import pinned_threads, profile
     from torchslim.pruning import prune_
+    from torchslim.train import recalibrate_bn
 
     with pinned_threads(config.threads) as threads:
         torch.manual_seed(config.seed)
@@ -174,6 +175,11 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, float]:
         pruned_accuracy = evaluate(model, test_loader)
         print(result.table())
         print(f"test accuracy right after pruning: {pruned_accuracy:.2%}")
+        recalibrate_bn(model, train_loader, batches=20)
+        recalibrated_accuracy = evaluate(model, test_loader)
+        print(
+            f"after re-estimating batch-norm statistics on 20 batches: {recalibrated_accuracy:.2%}"
+        )
 
         print(f"\n3. fine-tune the pruned model for {config.finetune_epochs} epochs")
         finetuned_accuracy = _fit(
@@ -181,7 +187,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, float]:
             train_loader,
             test_loader,
             config.finetune_epochs,
-            config.lr / 3,
+            config.lr,
             config.progress,
             "fine-tune",
         )
@@ -235,6 +241,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, float]:
         "latency_ms": trained.latency.median_ms,
         "train_seconds": seconds,
         "pruned_accuracy": pruned_accuracy,
+        "recalibrated_accuracy": recalibrated_accuracy,
         "finetuned_accuracy": finetuned_accuracy,
         "pruned_params": pruned.params,
         "pruned_macs": pruned.macs,
