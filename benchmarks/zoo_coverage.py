@@ -30,30 +30,59 @@ KWARGS = {
 }
 
 
-def input_size(name: str) -> int:
+# timm: 96 models over its families (CNNs, ViTs and hybrids), small variants
+TIMM = """resnet18 resnet50 resnet34d resnext26ts seresnext26d_32x4d efficientnet_b0
+efficientnet_lite0 tf_efficientnetv2_b0 mobilenetv2_100 mobilenetv3_small_100 mobilenetv3_large_100
+mobilenetv4_conv_small mobilenetv4_hybrid_medium convnext_atto convnext_tiny convnextv2_atto
+regnetx_002 regnety_002 regnetz_b16 densenet121 ghostnet_100 ghostnetv2_100 repvgg_a0 repvit_m0_9
+vit_tiny_patch16_224 vit_small_patch16_224 deit_tiny_patch16_224 deit3_small_patch16_224
+swin_tiny_patch4_window7_224 swinv2_tiny_window8_256 maxvit_tiny_tf_224 maxxvit_rmlp_nano_rw_256
+coatnet_nano_rw_224 coat_lite_tiny mobilevit_xxs mobilevitv2_050 levit_128s efficientformer_l1
+efficientformerv2_s0 poolformer_s12 poolformerv2_s12 cait_xxs24_224 eva02_tiny_patch14_224
+beit_base_patch16_224 crossvit_tiny_240 pit_ti_224 tnt_s_patch16_224 twins_svt_small
+xcit_nano_12_p16_224 convit_tiny dla34 dpn68 hrnet_w18_small inception_v3 mixnet_s mnasnet_100
+fbnetc_100 rexnet_100 lcnet_050 hardcorenas_a tinynet_e edgenext_xx_small fastvit_t8 gcvit_xxtiny
+nfnet_l0 resnetv2_50 botnet26t_256 halonet26t sebotnet33ts_256 vovnet39a selecsls42b dm_nfnet_f0
+cspresnet50 cspdarknet53 darknet53 hgnetv2_b0 inception_next_tiny focalnet_tiny_srf davit_tiny
+pvt_v2_b0 mvitv2_tiny sequencer2d_s mixer_b16_224 resmlp_12_224 gmlp_ti16_224 convmixer_768_32
+visformer_tiny volo_d1_224 nest_tiny efficientvit_b0 fastvit_sa12 tiny_vit_5m_224 rdnet_tiny
+starnet_s1 vitamin_small_224 hiera_tiny_224""".split()
+
+
+def input_size(name: str, zoo: str = "torchvision") -> int:
+    if zoo == "timm":
+        import timm
+
+        return timm.get_pretrained_cfg(name).input_size[-1]
     if name.startswith(("vit", "swin", "maxvit")):
         return 224
     return SIZES.get(name, 64)
 
 
-def build(name: str):
+def build(name: str, zoo: str = "torchvision"):
     import torch
+
+    torch.manual_seed(0)
+    if zoo == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False).eval()
     import torchvision
 
     kwargs = dict(KWARGS.get(name, {}))
-    torch.manual_seed(0)
     return torchvision.models.get_model(name, weights=None, **kwargs).eval()
 
 
-def worker(tool: str, name: str, threads: int) -> dict:
+def worker(tool: str, name: str, threads: int, zoo: str = "torchvision") -> dict:
     import warnings
 
     import torch
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
-    model = build(name)
-    x = torch.randn(1, 3, input_size(name), input_size(name))
+    model = build(name, zoo)
+    size = input_size(name, zoo)
+    x = torch.randn(1, 3, size, size)
     with torch.no_grad():
         shape = tuple(model(x).shape)
     params0 = sum(p.numel() for p in model.parameters())
@@ -73,9 +102,14 @@ def worker(tool: str, name: str, threads: int) -> dict:
         ignored = [
             m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000
         ]
+        if hasattr(model, "get_classifier"):  # timm, as in Torch-Pruning's timm example
+            ignored.append(model.get_classifier())
         num_heads = {
             m: m.num_heads for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)
         }
+        for m in model.modules():  # timm attention blocks
+            if hasattr(m, "qkv") and hasattr(m, "num_heads"):
+                num_heads[m.qkv] = m.num_heads
         pruner = tp.pruner.MetaPruner(
             model,
             x,
@@ -95,8 +129,11 @@ def worker(tool: str, name: str, threads: int) -> dict:
     return {"params_ratio": params1 / params0, "macs_ratio": macs1 / macs0, "seconds": seconds}
 
 
-def run_one(tool: str, name: str, threads: int, timeout: float, mem_gb: float) -> dict:
+def run_one(
+    tool: str, name: str, threads: int, timeout: float, mem_gb: float, zoo: str = "torchvision"
+) -> dict:
     cmd = [sys.executable, __file__, "--worker", tool, name, "--threads", str(threads)]
+    cmd += ["--zoo", zoo]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     start, peak = time.time(), 0
@@ -128,28 +165,32 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300)
     parser.add_argument("--mem-gb", type=float, default=16)
     parser.add_argument("--models", nargs="*", default=None)
+    parser.add_argument("--zoo", choices=("torchvision", "timm"), default="torchvision")
     parser.add_argument("--out", default=None, help="append JSON lines here")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.threads)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.threads, args.zoo)))
         return
-    import torchvision
+    if args.zoo == "timm":
+        names = args.models or TIMM
+    else:
+        import torchvision
 
-    names = args.models or torchvision.models.list_models(module=torchvision.models)
+        names = args.models or torchvision.models.list_models(module=torchvision.models)
     rows = []
     for name in names:
         for tool in ("torchslim", "torch-pruning"):
-            row = run_one(tool, name, args.threads, args.timeout, args.mem_gb)
+            row = run_one(tool, name, args.threads, args.timeout, args.mem_gb, args.zoo)
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.out:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(row) + "\n")
-    summarise(rows, len(names), args.threads)
+    summarise(rows, len(names), args.threads, args.zoo)
 
 
-def summarise(rows: list[dict], n: int, threads: int) -> None:
-    print(f"\n{n} torchvision classification models, ratio 0.5, threads={threads}")
+def summarise(rows: list[dict], n: int, threads: int, zoo: str) -> None:
+    print(f"\n{n} {zoo} models, ratio 0.5, threads={threads}")
     by = {
         t: {r["model"]: r for r in rows if r["tool"] == t} for t in ("torchslim", "torch-pruning")
     }
