@@ -146,3 +146,39 @@ def test_load_rejects_newer_format(tmp_path):
     (path / "torchslim.json").write_text(json.dumps(record))
     with pytest.raises(ModelSpecError, match="upgrade torchslim"):
         ts.load(path)
+
+
+TIED_FILE = """
+from torch import nn
+
+class TiedLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(20, 8)
+        self.head = nn.Linear(8, 20, bias=False)
+        self.head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.head(self.embed(ids))
+
+def make():
+    return TiedLM()
+"""
+
+
+def test_tied_weights_and_versioned_layers_round_trip(tmp_path):
+    path = tmp_path / "tied.py"
+    path.write_text(TIED_FILE)
+    torch.manual_seed(0)
+    model = ts.load_model(f"{path}:make")
+    saved = ts.save(model, tmp_path / "tied")
+    loaded = ts.load(saved)
+    assert loaded.head.weight is loaded.embed.weight  # still tied
+    ids = torch.randint(0, 20, (2, 5))
+    torch.testing.assert_close(loaded(ids), model(ids), rtol=0, atol=0)
+    # torchvision's MNASNet checks the state dict's version metadata when loading
+    pytest.importorskip("torchvision")
+    mnas = ts.load_model("torchvision:mnasnet0_5", num_classes=3).eval()
+    back = ts.load(ts.save(mnas, tmp_path / "mnas")).eval()
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(back(x), mnas(x), rtol=0, atol=0)

@@ -138,8 +138,6 @@ def load(
             rebuilding it from the recorded source spec.
         device: Where to put the weights.
     """
-    from safetensors.torch import load_model as load_weights
-
     from torchslim.models._sources import load_model
 
     path = Path(path)
@@ -161,15 +159,7 @@ def load(
     from torchslim.models._sources import _PROVENANCE
 
     _PROVENANCE[model] = (record["source"], dict(record["source_kwargs"]))
-    try:
-        missing, unexpected = load_weights(
-            model, str(path / _WEIGHTS), strict=False, device=str(device)
-        )
-    except RuntimeError as exc:
-        raise ModelSpecError(
-            f"the weights in {path / _WEIGHTS} do not fit the model rebuilt from "
-            f"{record['source']!r}: {exc}"
-        ) from exc
+    missing, unexpected = _load_weights(model, path / _WEIGHTS, device, record["source"])
     if missing or unexpected:
         raise ModelSpecError(
             f"the weights in {path / _WEIGHTS} do not fit the model rebuilt from "
@@ -177,3 +167,29 @@ def load(
             f"unexpected {sorted(unexpected)[:5]}"
         )
     return model.to(device)
+
+
+def _load_weights(
+    model: torch.nn.Module, file: Path, device: str | torch.device, source: str
+) -> tuple[list[str], list[str]]:
+    """Load a safetensors state dict into ``model``; returns the missing and unexpected keys.
+
+    The state dict carries the model's own version metadata, so that layers that check it on
+    loading (torchvision's MNASNet) accept it; tied parameters, saved once, count as loaded.
+    """
+    from collections import OrderedDict
+
+    from safetensors.torch import load_file
+
+    state = OrderedDict(load_file(str(file), device=str(device)))
+    own = model.state_dict(keep_vars=True)
+    state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ModelSpecError(
+            f"the weights in {file} do not fit the model rebuilt from {source!r}: {exc}"
+        ) from exc
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    missing = [k for k in missing if own[k].data_ptr() not in loaded]
+    return missing, list(unexpected)
