@@ -172,3 +172,20 @@ def test_low_level_prune_by_hand_and_stale_graph():
     assert plan.kept["0.weight"] == {0: [0, 2, 3, 5]}
     with pytest.raises(ConfigError, match="trace"):
         group.prune([0])
+
+
+def test_channels_last_pooling_keeps_channels_prunable():
+    # adaptive pooling to 1x1 of a channels-last tensor restrides its output in place
+    # (aten.as_strided_): a layout change only, so the channels stay prunable
+    class Pool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 1), nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.conv(x).contiguous(memory_format=torch.channels_last)
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    graph = ts.trace(Pool(), torch.randn(1, 3, 4, 4))
+    assert [len(g) for g in graph.groups()] == [8]
+    assert not graph.unsupported

@@ -783,3 +783,24 @@ def repeat(ctx, func, args, kwargs, out):
         result.append(v if v is None or r == 1 else np.tile(v, r))
         ctx.use(v)
     return tuple(result)
+
+
+@op_rule(aten.as_strided, aten.as_strided_)
+def as_strided(ctx, func, args, kwargs, out):
+    """A restride that keeps the shape and the strides of every dimension of size > 1 is a layout
+    change only (pooling to 1x1 in channels-last does this); anything else is unknown."""
+    src, size, stride = args[0], list(args[1]), list(args[2])
+    offset = args[3] if len(args) > 3 else kwargs.get("storage_offset")
+    if func.overloadpacket is aten.as_strided_:
+        # rules run after the op, so the old strides are gone: only a restride of a tensor with at
+        # most one dimension longer than 1 is certainly a layout change
+        same = size == list(src.shape) and sum(n > 1 for n in size) <= 1
+    else:
+        same = (
+            size == list(src.shape)
+            and (offset is None or offset == src.storage_offset())
+            and all(n == 1 or a == b for n, a, b in zip(size, stride, src.stride(), strict=True))
+        )
+    if not same:
+        return unknown(ctx, func, args, kwargs, out)
+    return ctx.dims(src)
