@@ -28,20 +28,11 @@ import torchvision
 from torchslim._inputs import as_inputs
 from torchslim.models import build_on_meta
 from torchslim.profiling import count_macs
+from torchslim.testing import torchvision_mac_references
 
 
 def reference_cases() -> list[tuple[str, int, dict, float]]:
-    cases = {}
-    for name in torchvision.models.list_models(module=torchvision.models):
-        for weights in torchvision.models.get_model_weights(name):
-            if "_ops" not in weights.meta:
-                continue
-            kwargs = {}
-            size = weights.transforms().crop_size[0]
-            if name.startswith("vit_"):
-                size = kwargs["image_size"] = weights.meta["min_size"][0]
-            cases[(name, size)] = (kwargs, weights.meta["_ops"])
-    return [(name, size, kw, ops) for (name, size), (kw, ops) in cases.items()]
+    return [case[:4] for case in torchvision_mac_references()]
 
 
 def timed(fn, *args):

@@ -159,16 +159,20 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, float]:
         trained = profile(model, example, threads=threads)
         print(f"trained in {seconds:.1f} s; test accuracy {accuracy:.2%}\n")
         print(trained)
-        if config.out_dir is not None:
-            saved = save(
-                model,
-                Path(config.out_dir) / "trained",
-                source="torchslim:demo_resnet",
-                source_kwargs=source_kwargs,
-                overwrite=True,
-                metadata={"dataset": config.dataset, "test_accuracy": accuracy},
-            )
-            print(f"saved the trained model to {saved} (safetensors + JSON)")
+
+        def keep(name: str, accuracy: float) -> None:
+            if config.out_dir is not None:
+                saved = save(
+                    model,
+                    Path(config.out_dir) / name,
+                    source="torchslim:demo_resnet",
+                    source_kwargs=source_kwargs,
+                    overwrite=True,
+                    metadata={"dataset": config.dataset, "test_accuracy": accuracy},
+                )
+                print(f"saved the {name} model to {saved} (safetensors + JSON)")
+
+        keep("trained", accuracy)
 
         print(f"\n2. prune {config.prune_ratio:.0%} of the channels of every group (l2 magnitude)")
         result = prune_(model, example, ratio=config.prune_ratio, importance="l2")
@@ -192,16 +196,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, float]:
             "fine-tune",
         )
         pruned = profile(model, example, threads=threads)
-        if config.out_dir is not None:
-            saved = save(
-                model,
-                Path(config.out_dir) / "pruned",
-                source="torchslim:demo_resnet",
-                source_kwargs=source_kwargs,
-                overwrite=True,
-                metadata={"dataset": config.dataset, "test_accuracy": finetuned_accuracy},
-            )
-            print(f"saved the pruned model to {saved} (safetensors + JSON with the plan)")
+        keep("pruned", finetuned_accuracy)  # the JSON records the pruning plan
 
     rows = [
         ("", "trained", "pruned + fine-tuned", "ratio"),

@@ -45,3 +45,26 @@ def outputs_close(a: Any, b: Any, rtol: float = 1e-4, atol: float = 1e-5) -> boo
         x.shape == y.shape and torch.allclose(x, y, rtol=rtol, atol=atol)
         for x, y in zip(ta, tb, strict=True)
     )
+
+
+def torchvision_mac_references() -> list[tuple[str, int, dict, float, str]]:
+    """torchvision's published operation counts: ``(model, input size, constructor kwargs, GMACs,
+    weights)`` for every distinct (classification model, reference input size) pair.
+
+    The reference size is the weights' ``crop_size``; ViT's position embedding fixes its input size,
+    so it is built with ``image_size`` set to the weights' ``min_size``. The ``_ops`` metadata is
+    named GFLOPS but holds multiply-accumulates (resnet50: 4.089).
+    """
+    import torchvision
+
+    cases: dict[tuple[str, int], tuple[dict, float, str]] = {}
+    for name in torchvision.models.list_models(module=torchvision.models):
+        for weights in torchvision.models.get_model_weights(name):
+            if "_ops" not in weights.meta:
+                continue
+            kwargs = {}
+            size = weights.transforms().crop_size[0]
+            if name.startswith("vit_"):
+                size = kwargs["image_size"] = weights.meta["min_size"][0]
+            cases[(name, size)] = (kwargs, weights.meta["_ops"], str(weights))
+    return [(name, size, *rest) for (name, size), rest in cases.items()]

@@ -1,9 +1,6 @@
-"""Correctness oracle: our MACs against torchvision's published GFLOPS for every weight entry.
-
-torchvision's ``_ops`` metadata is in GFLOPs as the field names it, but its values are
-multiply-accumulates (resnet50: 4.089), which is what we compare against. Models are built on the
-meta device, so the whole list takes seconds and no memory.
-"""
+"""Correctness oracle: our MACs against torchvision's published figures for every weight entry
+(see ``torchslim.testing.torchvision_mac_references``). Models are built on the meta device, so the
+whole list takes seconds and no memory."""
 
 import pytest
 import torch
@@ -13,26 +10,9 @@ torchvision = pytest.importorskip("torchvision")
 from torchslim._inputs import as_inputs  # noqa: E402
 from torchslim.models import build_on_meta  # noqa: E402
 from torchslim.profiling import count_macs  # noqa: E402
+from torchslim.testing import torchvision_mac_references  # noqa: E402
 
-
-def _reference_cases():
-    cases = {}
-    for name in torchvision.models.list_models(module=torchvision.models):
-        for weights in torchvision.models.get_model_weights(name):
-            if "_ops" not in weights.meta:
-                continue
-            kwargs = {}
-            size = weights.transforms().crop_size[0]
-            if name.startswith("vit_"):  # ViT's position embedding fixes its input size
-                size = weights.meta["min_size"][0]
-                kwargs["image_size"] = size
-            cases[(name, size)] = (kwargs, weights.meta["_ops"], str(weights))
-    return [
-        pytest.param(name, size, *rest, id=f"{name}-{size}") for (name, size), rest in cases.items()
-    ]
-
-
-CASES = _reference_cases()
+CASES = [pytest.param(*case, id=f"{case[0]}-{case[1]}") for case in torchvision_mac_references()]
 
 
 def test_the_list_is_the_whole_classification_zoo():

@@ -65,6 +65,19 @@ def _outputs_none(out: Any) -> Any:
     return None
 
 
+def _for_outputs(out: Any, dims: Dims, shape: Sequence[int]) -> Any:
+    """``dims`` for every output tensor of ``shape`` (the op's result), none for the others
+    (statistics, masks, indices)."""
+    if not isinstance(out, (tuple, list)):
+        return dims
+    return [
+        dims
+        if isinstance(o, torch.Tensor) and tuple(o.shape) == tuple(shape)
+        else (_none(o) if isinstance(o, torch.Tensor) else None)
+        for o in out
+    ]
+
+
 def unknown(ctx: Context, func: Any, args: tuple, kwargs: dict, out: Any) -> Any:
     """No rule: pin every id of every input, outputs derive from nothing."""
     for t in _tensors((args, kwargs)):
@@ -106,14 +119,7 @@ def pointwise(ctx: Context, func: Any, args: tuple, kwargs: dict, out: Any) -> A
     if not isinstance(first, torch.Tensor):
         return unknown(ctx, func, args, kwargs, out)
     dims = tuple(_broadcast(ctx, _tensors((args, kwargs)), first.shape))
-    if isinstance(out, (tuple, list)):
-        return [
-            dims
-            if isinstance(o, torch.Tensor) and o.shape == first.shape
-            else (_none(o) if isinstance(o, torch.Tensor) else None)
-            for o in out
-        ]
-    return dims
+    return _for_outputs(out, dims, first.shape)
 
 
 @op_rule(
@@ -140,14 +146,7 @@ def same(ctx, func, args, kwargs, out):
     dims = ctx.dims(args[0])
     for v in dims:
         ctx.use(v)
-    if isinstance(out, (tuple, list)):
-        return [
-            dims
-            if isinstance(o, torch.Tensor) and o.shape == args[0].shape
-            else (_none(o) if isinstance(o, torch.Tensor) else None)
-            for o in out
-        ]
-    return dims
+    return _for_outputs(out, dims, args[0].shape)
 
 
 _ELEMENTWISE = (
@@ -619,14 +618,7 @@ def _channel_norm(ctx, x, params, out, channel_dim: int = 1):
     dims = list(xd)
     dims[channel_dim] = vec
     dims = tuple(dims)
-    if isinstance(out, (tuple, list)):
-        return [
-            dims
-            if isinstance(o, torch.Tensor) and o.shape == x.shape
-            else (_none(o) if isinstance(o, torch.Tensor) else None)
-            for o in out
-        ]
-    return dims
+    return _for_outputs(out, dims, x.shape)
 
 
 @op_rule(
