@@ -199,29 +199,48 @@ def trace(
     root = space.components()
     pinned = root[PINNED]
 
-    # channel (component root) -> {(tensor, dim): [indices]}
-    channels: dict[int, dict[tuple[str, int], list[int]]] = defaultdict(lambda: defaultdict(list))
-    for name, dims in result.tensor_ids.items():
-        for d, ids in enumerate(dims):
-            roots = root[ids]
-            for index in np.flatnonzero(roots != pinned):
-                channels[int(roots[index])][(name, d)].append(int(index))
-
-    by_signature: dict[tuple, list[int]] = defaultdict(list)
-    for r, where in channels.items():
-        by_signature[tuple(sorted(where))].append(r)
-
     order = {name: i for i, name in enumerate(shapes)}
-    groups = []
+    # every unpinned index of every tensor dimension: (channel root, member, index), vectorised
+    keys = sorted(
+        ((name, d) for name, dims in result.tensor_ids.items() for d in range(len(dims))),
+        key=lambda k: (order.get(k[0], 0), k[1]),
+    )
+    found_roots, found_members, found_index = [], [], []
+    for m, (name, d) in enumerate(keys):
+        roots = root[result.tensor_ids[name][d]]
+        index = np.flatnonzero(roots != pinned)
+        found_roots.append(roots[index])
+        found_members.append(np.full(len(index), m, dtype=np.int64))
+        found_index.append(index)
+    groups: list[Group] = []
     graph = DependencyGraph(model, inputs, groups, shapes, dict(result.unsupported))
-    for signature, roots in by_signature.items():
-        if len(roots) < min_size:
+    if not keys or not sum(len(i) for i in found_index):
+        return graph
+    r_all, m_all, i_all = (np.concatenate(a) for a in (found_roots, found_members, found_index))
+    sort = np.lexsort((i_all, m_all, r_all))
+    r_all, m_all, i_all = r_all[sort], m_all[sort], i_all[sort]
+    # one piece per (channel, member): the indices that member loses with that channel
+    starts = np.flatnonzero(np.r_[True, (r_all[1:] != r_all[:-1]) | (m_all[1:] != m_all[:-1])])
+    pieces = np.split(i_all, starts[1:])
+    piece_root, piece_member = r_all[starts], m_all[starts]
+    channel_starts = np.flatnonzero(np.r_[True, piece_root[1:] != piece_root[:-1]])
+    bounds = [*channel_starts.tolist(), len(pieces)]
+    # channels whose members are the same set of tensor dimensions form a group
+    by_signature: dict[bytes, list[int]] = defaultdict(list)
+    for c in range(len(channel_starts)):
+        by_signature[piece_member[bounds[c] : bounds[c + 1]].tobytes()].append(c)
+    for signature, channels in by_signature.items():
+        if len(channels) < min_size:
             continue
-        keys = sorted(signature, key=lambda k: (order.get(k[0], 0), k[1]))
-        members = tuple(Member(t, d, owners[t][0], type(owners[t][1]).__name__) for t, d in keys)
-        first = keys[0]
-        roots.sort(key=lambda r: min(channels[r][first]))
-        indices = [[np.asarray(channels[r][k], dtype=np.int64) for k in keys] for r in roots]
+        member_ids = np.frombuffer(signature, dtype=np.int64)
+        members = tuple(
+            Member(
+                keys[m][0], keys[m][1], owners[keys[m][0]][0], type(owners[keys[m][0]][1]).__name__
+            )
+            for m in member_ids
+        )
+        channels.sort(key=lambda c: int(pieces[bounds[c]][0]))
+        indices = [pieces[bounds[c] : bounds[c + 1]] for c in channels]
         groups.append(Group(graph, members, indices))
     groups.sort(key=lambda g: order.get(g.members[0].tensor, 0))
     if result.unsupported:

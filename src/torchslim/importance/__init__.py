@@ -93,8 +93,9 @@ class Magnitude(Importance):
                 w = t.detach().float().abs().pow(self.p)
                 others = [d for d in range(w.dim()) if d != m.dim]
                 per_index = (w.sum(dim=others) if others else w).cpu().numpy()
-            for c, channel in enumerate(group.indices):
-                scores[c] += per_index[channel[k]].sum()
+            taken = [channel[k] for channel in group.indices]
+            starts = np.cumsum([0] + [len(t) for t in taken[:-1]])
+            scores += np.add.reduceat(per_index[np.concatenate(taken)], starts)
         return scores ** (1.0 / self.p)
 
 
