@@ -127,6 +127,7 @@ class DependencyGraph:
         self.shapes = shapes
         self.unsupported = unsupported
         self.stale = False
+        self.output_shapes: list[tuple[int, ...]] = []  # of the traced run
 
     def groups(self) -> list[Group]:
         """The prunable groups, largest first in module order."""
@@ -214,6 +215,7 @@ def trace(
         found_index.append(index)
     groups: list[Group] = []
     graph = DependencyGraph(model, inputs, groups, shapes, dict(result.unsupported))
+    graph.output_shapes = [tuple(t.shape) for t in result.outputs]
     if not keys or not sum(len(i) for i in found_index):
         return graph
     r_all, m_all, i_all = (np.concatenate(a) for a in (found_roots, found_members, found_index))
@@ -221,7 +223,8 @@ def trace(
     r_all, m_all, i_all = r_all[sort], m_all[sort], i_all[sort]
     # one piece per (channel, member): the indices that member loses with that channel
     starts = np.flatnonzero(np.r_[True, (r_all[1:] != r_all[:-1]) | (m_all[1:] != m_all[:-1])])
-    pieces = np.split(i_all, starts[1:])
+    ends = [*starts[1:].tolist(), len(i_all)]
+    pieces = [i_all[a:b] for a, b in zip(starts.tolist(), ends, strict=True)]
     piece_root, piece_member = r_all[starts], m_all[starts]
     channel_starts = np.flatnonzero(np.r_[True, piece_root[1:] != piece_root[:-1]])
     bounds = [*channel_starts.tolist(), len(pieces)]

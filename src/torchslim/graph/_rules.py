@@ -44,8 +44,15 @@ def op_rule(*packets: Any) -> Callable[[Rule], Rule]:
 
 
 def _tensors(tree: Any) -> list[torch.Tensor]:
-    leaves, _ = torch.utils._pytree.tree_flatten(tree)
-    return [x for x in leaves if isinstance(x, torch.Tensor)]
+    """Every tensor in nested tuples, lists and dicts of op arguments (a fast tree walk: this runs
+    for every op the model executes)."""
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, (tuple, list)):
+        return [t for item in tree for t in _tensors(item)]
+    if isinstance(tree, dict):
+        return [t for item in tree.values() for t in _tensors(item)]
+    return []
 
 
 def _pin_all(ctx: Context, t: torch.Tensor) -> None:

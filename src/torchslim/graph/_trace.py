@@ -23,7 +23,7 @@ from torchslim._attention import attention_op_by_op
 from torchslim._inputs import Inputs, eval_mode
 from torchslim.errors import TracingError
 from torchslim.graph._labels import LabelSpace
-from torchslim.graph._rules import RULES, Dims, pointwise, unknown
+from torchslim.graph._rules import RULES, Dims, _tensors, pointwise, unknown
 
 __all__ = ["TraceResult", "trace_ids"]
 
@@ -78,7 +78,7 @@ class _Tracer(TorchDispatchMode):
         if rule is None:
             rule = pointwise if torch.Tag.pointwise in func.tags else None
         if rule is None:
-            if any(isinstance(x, torch.Tensor) for x in tree_flatten((args, kwargs))[0]):
+            if _tensors((args, kwargs)):
                 self.unsupported[str(func.overloadpacket)] += 1
             rule = unknown
         try:

@@ -183,7 +183,7 @@ def prune_(
             order = np.argsort(scores, kind="stable")
             removals.append((group, sorted(order[: len(group) - keep].tolist())))
 
-    plan, skipped = _apply_largest_working(model, removals, options, inputs)
+    plan, skipped = _apply_largest_working(model, removals, options, inputs, graph.output_shapes)
     after = profile(model, inputs, latency=measure_latency, memory=False)
     _logger.info(
         "pruned %s: params %d -> %d, MACs %d -> %d",
@@ -197,7 +197,7 @@ def prune_(
 
 
 def _apply_largest_working(
-    model: nn.Module, removals: list, options: dict, inputs: Any
+    model: nn.Module, removals: list, options: dict, inputs: Any, reference: list
 ) -> tuple[PruningPlan, list[tuple[tuple[str, ...], str]]]:
     """Apply all removals; if the pruned model fails, find the groups at fault by bisection on
     copies of the model, leave them whole, and apply the rest. Returns the plan and the skipped
@@ -208,13 +208,13 @@ def _apply_largest_working(
     for _ in range(3):
         plan = plan_from_removals(model, pending, options)
         try:
-            apply_plan(model, plan, verify_inputs=inputs)
+            apply_plan(model, plan, verify_inputs=inputs, reference=reference)
             return plan, skipped
         except PruningError as exc:
             first_error = first_error or exc
             if len(pending) <= 1:
                 break
-        faulty = _faulty_groups(model, pending, options, inputs)
+        faulty = _faulty_groups(model, pending, options, inputs, reference)
         if not faulty:
             break
         bad = {id(g) for g, _ in faulty}
@@ -225,16 +225,19 @@ def _apply_largest_working(
     raise first_error
 
 
-def _faulty_groups(model: nn.Module, removals: list, options: dict, inputs: Any) -> list:
+def _faulty_groups(
+    model: nn.Module, removals: list, options: dict, inputs: Any, reference: list
+) -> list:
     """Bisect ``removals`` on copies of the model: the single groups whose pruning fails."""
     trial = copy.deepcopy(model)
     try:
-        apply_plan(trial, plan_from_removals(trial, removals, options), verify_inputs=inputs)
+        plan = plan_from_removals(trial, removals, options)
+        apply_plan(trial, plan, verify_inputs=inputs, reference=reference)
         return []
     except PruningError as exc:
         if len(removals) == 1:
             return [(removals[0][0], str(exc))]
     mid = len(removals) // 2
-    return _faulty_groups(model, removals[:mid], options, inputs) + _faulty_groups(
-        model, removals[mid:], options, inputs
+    return _faulty_groups(model, removals[:mid], options, inputs, reference) + _faulty_groups(
+        model, removals[mid:], options, inputs, reference
     )

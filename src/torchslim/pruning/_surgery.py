@@ -93,7 +93,11 @@ def _outputs_signature(out: Any) -> list[tuple[int, ...]]:
 
 
 def apply_plan(
-    model: nn.Module, plan: PruningPlan, *, verify_inputs: Inputs | None = None
+    model: nn.Module,
+    plan: PruningPlan,
+    *,
+    verify_inputs: Inputs | None = None,
+    reference: list[tuple[int, ...]] | None = None,
 ) -> nn.Module:
     """Prune ``model`` in place as ``plan`` says; all or nothing.
 
@@ -102,6 +106,7 @@ def apply_plan(
         plan: The plan.
         verify_inputs: When given, the model is run on them before and after, and its outputs must
             keep their shapes.
+        reference: The output shapes before pruning, when already known (saves a forward pass).
 
     Raises:
         PruningError: the plan does not fit the model, a layer cannot take its new shapes, or the
@@ -117,8 +122,7 @@ def apply_plan(
                 f"the plan expects {name!r} of shape {list(shape)}, the model has "
                 f"{list(t.shape)}: apply plans to a fresh, unpruned model of the same architecture"
             )
-    reference = None
-    if verify_inputs is not None:
+    if verify_inputs is not None and reference is None:
         with torch.no_grad(), eval_mode(model):
             reference = _outputs_signature(verify_inputs.call(model))
 
