@@ -45,3 +45,13 @@ def test_every_public_name_resolves():
     for name in torchslim.__all__:
         assert getattr(torchslim, name) is not None, name
     assert sorted(dir(torchslim)) == sorted(torchslim.__all__)
+
+
+def test_every_public_name_is_documented():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = "".join(p.read_text() for p in [root / "README.md", *(root / "docs").glob("*.md")])
+    missing = [n for n in torchslim.__all__ if not re.search(rf"\b{re.escape(n)}\b", text)]
+    assert not missing, f"public names missing from README.md and docs/: {missing}"
