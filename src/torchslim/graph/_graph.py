@@ -150,18 +150,6 @@ class DependencyGraph:
         return "\n".join(lines)
 
 
-def _owners(model: nn.Module) -> dict[str, tuple[str, nn.Module, str]]:
-    """Tensor name -> (module name, module, local name)."""
-    out = {}
-    for mname, module in model.named_modules(remove_duplicate=True):
-        for local, t in [*module._parameters.items(), *module._buffers.items()]:
-            if t is None:
-                continue
-            full = f"{mname}.{local}" if mname else local
-            out[full] = (mname, module, local)
-    return out
-
-
 def trace(
     model: nn.Module, example_inputs: Any, *, ignore: Iterable[str] = (), min_size: int = 2
 ) -> DependencyGraph:
@@ -175,12 +163,13 @@ def trace(
         min_size: Groups with fewer channels are not reported.
     """
     from torchslim.pruning._layers import get_layer_pruner, is_library_module
+    from torchslim.pruning._surgery import tensor_owners
 
     inputs = as_inputs(example_inputs)
     ignore = tuple(ignore)
     result = trace_ids(model, inputs)
     space = result.space
-    owners = _owners(model)
+    owners = {name: found[0] for name, found in tensor_owners(model).items()}
     shapes = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
     # dimensions that may not lose indices: by layer type, or because the user said so
     for name, dims in result.tensor_ids.items():

@@ -8,7 +8,6 @@ Rules are registered per ATen overload packet with :func:`op_rule`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -765,10 +764,6 @@ def sdpa(ctx, func, args, kwargs, out):
             for i, o in enumerate(out)
         ]
     return result
-
-
-def numel(shape: Sequence[int]) -> int:
-    return math.prod(shape)
 
 
 @op_rule(aten.repeat)

@@ -13,7 +13,6 @@ import logging
 from collections import Counter
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -151,7 +150,3 @@ def trace_ids(model: torch.nn.Module, inputs: Inputs) -> TraceResult:
             if v is not None and not used[v].all():
                 space.pin(v[~used[v]])
     return TraceResult(space, tracer.tensor_ids, tracer.unsupported, outputs)
-
-
-def components_of(result: TraceResult) -> np.ndarray:
-    return result.space.components()

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 import torchslim
-from torchslim._inputs import Inputs, as_inputs
+from torchslim._inputs import Inputs, as_inputs, eval_mode
 from torchslim.errors import ConfigError
 from torchslim.profiling._counting import LayerProfile, count_macs, count_params
 from torchslim.profiling._latency import (
@@ -222,30 +222,24 @@ def profile(
             "pass latency=False or a real device"
         )
 
-    training = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with pinned_threads(threads) as n_threads:
-            params, trainable = count_params(model)
-            with torch.no_grad():
-                macs, layers = count_macs(model, inputs)
-            mem = measure_memory(model, inputs, target) if memory else None
-            lat = (
-                measure_latency(
-                    model,
-                    inputs,
-                    backend=backend,
-                    device=target,
-                    threads=n_threads,
-                    warmup=warmup,
-                    runs=runs,
-                )
-                if latency
-                else None
+    with eval_mode(model), pinned_threads(threads) as n_threads:
+        params, trainable = count_params(model)
+        with torch.no_grad():
+            macs, layers = count_macs(model, inputs)
+        mem = measure_memory(model, inputs, target) if memory else None
+        lat = (
+            measure_latency(
+                model,
+                inputs,
+                backend=backend,
+                device=target,
+                threads=n_threads,
+                warmup=warmup,
+                runs=runs,
             )
-    finally:
-        for m, flag in training.items():
-            m.training = flag
+            if latency
+            else None
+        )
 
     return Profile(
         model=type(model).__name__,

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 import torchslim
@@ -153,7 +152,3 @@ def plan_from_removals(
         for name, dims in removed.items()
     }
     return PruningPlan(kept=kept, shapes={n: shapes[n] for n in kept}, options=dict(options))
-
-
-def _as_index(keep: list[int]) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(keep, dtype=np.int64))

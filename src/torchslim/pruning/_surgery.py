@@ -69,7 +69,9 @@ def transaction(model: nn.Module) -> Iterator[None]:
         raise
 
 
-def _owners(model: nn.Module) -> dict[str, list[tuple[str, nn.Module, str]]]:
+def tensor_owners(model: nn.Module) -> dict[str, list[tuple[str, nn.Module, str]]]:
+    """Fully qualified tensor name -> every ``(module name, module, local name)`` that holds it
+    (shared modules and tied parameters have several)."""
     out: dict[str, list[tuple[str, nn.Module, str]]] = {}
     for mname, module in model.named_modules(remove_duplicate=False):
         for local in [*module._parameters, *module._buffers]:
@@ -112,7 +114,7 @@ def apply_plan(
         PruningError: the plan does not fit the model, a layer cannot take its new shapes, or the
             pruned model fails; the model is left exactly as it was.
     """
-    owners = _owners(model)
+    owners = tensor_owners(model)
     for name, shape in plan.shapes.items():
         if name not in owners:
             raise PruningError(f"the plan prunes {name!r}, which this model does not have")
