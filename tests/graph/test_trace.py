@@ -107,17 +107,24 @@ def test_ops_without_rules_pin_their_channels():
     assert "aten.roll" in str(graph)
 
 
-def test_split_channels_are_kept_whole():
+def test_equal_chunks_lose_the_same_indices_and_unequal_splits_are_kept_whole():
     class Split(nn.Module):
-        def __init__(self):
+        def __init__(self, sizes):
             super().__init__()
-            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1)
+            self.sizes = sizes
+            self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(sizes[0], 2, 1)
+            self.c = nn.Conv2d(sizes[1], 2, 1)
 
         def forward(self, x):
-            left, right = self.a(x).chunk(2, dim=1)
-            return self.b(left) + self.b(right)
+            left, right = self.a(x).split(self.sizes, dim=1)
+            return self.b(left) + self.c(right)
 
-    groups = ts.trace(Split(), torch.randn(1, 3, 4, 4)).groups()
+    groups = ts.trace(Split([4, 4]), torch.randn(1, 3, 4, 4)).groups()
+    (group,) = [g for g in groups if ("a.weight", 0) in members(g)]
+    a = group.members.index(next(m for m in group.members if m.tensor == "a.weight"))
+    # channel i of the first half goes with channel i of the second
+    assert sorted(tuple(ch[a].tolist()) for ch in group.indices) == [(i, i + 4) for i in range(4)]
+    groups = ts.trace(Split([3, 5]), torch.randn(1, 3, 4, 4)).groups()
     assert not any(("a.weight", 0) in members(g) for g in groups)
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from torchslim._inputs import Inputs, as_inputs
 from torchslim._patterns import matches_any
+from torchslim.graph._factors import AttributeSite, attribute_sites
 from torchslim.graph._labels import PINNED
 from torchslim.graph._trace import trace_ids
 
@@ -50,10 +51,13 @@ class Group:
         graph: DependencyGraph,
         members: tuple[Member, ...],
         indices: list[list[np.ndarray]],
+        roots: np.ndarray | None = None,
     ) -> None:
         self.graph = graph
         self.members = members
         self.indices = indices  # [channel][member] -> index array
+        # the channels' ids in the graph's label space (what size attributes are counted by)
+        self.roots = roots if roots is not None else np.full(len(indices), -1, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -120,8 +124,10 @@ class DependencyGraph:
         groups: list[Group],
         shapes: dict[str, tuple[int, ...]],
         unsupported: dict[str, int],
+        attributes: list[AttributeSite] | None = None,
     ) -> None:
         self.model = model
+        self.attributes = attributes or []  # size attributes that follow pruning
         self.inputs = inputs
         self._groups = groups
         self.shapes = shapes
@@ -151,7 +157,12 @@ class DependencyGraph:
 
 
 def trace(
-    model: nn.Module, example_inputs: Any, *, ignore: Iterable[str] = (), min_size: int = 2
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    ignore: Iterable[str] = (),
+    min_size: int = 2,
+    attention: str = "heads",
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and group its coupled prunable dimensions.
 
@@ -161,13 +172,19 @@ def trace(
         ignore: Module-name patterns (exact, glob, or ``re:`` regex) whose tensors are kept whole,
             and with them every channel coupled to them.
         min_size: Groups with fewer channels are not reported.
+        attention: Where a reshape splits a width into heads: ``"heads"`` removes whole heads,
+            ``"head_dim"`` removes the same dimensions from every head.
     """
     from torchslim.pruning._layers import get_layer_pruner, is_library_module
     from torchslim.pruning._surgery import tensor_owners
 
+    if attention not in ("heads", "head_dim"):
+        from torchslim.errors import ConfigError
+
+        raise ConfigError(f"attention must be 'heads' or 'head_dim', not {attention!r}")
     inputs = as_inputs(example_inputs)
     ignore = tuple(ignore)
-    result = trace_ids(model, inputs)
+    result = trace_ids(model, inputs, attention)
     space = result.space
     owners = {name: found[0] for name, found in tensor_owners(model).items()}
     shapes = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
@@ -203,7 +220,14 @@ def trace(
         found_members.append(np.full(len(index), m, dtype=np.int64))
         found_index.append(index)
     groups: list[Group] = []
-    graph = DependencyGraph(model, inputs, groups, shapes, dict(result.unsupported))
+    graph = DependencyGraph(
+        model,
+        inputs,
+        groups,
+        shapes,
+        dict(result.unsupported),
+        attribute_sites(result.sites, root),
+    )
     graph.output_shapes = [tuple(t.shape) for t in result.outputs]
     if not keys or not sum(len(i) for i in found_index):
         return graph
@@ -233,7 +257,8 @@ def trace(
         )
         channels.sort(key=lambda c: int(pieces[bounds[c]][0]))
         indices = [pieces[bounds[c] : bounds[c + 1]] for c in channels]
-        groups.append(Group(graph, members, indices))
+        roots = np.array([piece_root[bounds[c]] for c in channels], dtype=np.int64)
+        groups.append(Group(graph, members, indices, roots))
     groups.sort(key=lambda g: order.get(g.members[0].tensor, 0))
     if result.unsupported:
         _logger.info("ops without a pruning rule (channels kept): %s", dict(result.unsupported))

@@ -14,6 +14,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from torchslim.graph._factors import (
+    HEAD_WIDTH_ATTRIBUTES,
+    MergeRecord,
+    SplitRecord,
+    _int_attributes,
+)
+
 __all__ = ["Dims", "Context", "op_rule", "RULES", "pointwise", "unknown"]
 
 Dims = tuple["np.ndarray | None", ...]
@@ -25,6 +32,10 @@ class Context(Protocol):
     def tie(self, a: np.ndarray | None, b: np.ndarray | None) -> None: ...
     def pin(self, ids: np.ndarray | None) -> None: ...
     def use(self, ids: np.ndarray | None) -> None: ...
+    def fresh(self, n: int) -> np.ndarray: ...
+    def record(self, rec: Any) -> None: ...
+    def site(self, ids: np.ndarray, auto: bool = False) -> None: ...
+    def input_width(self) -> np.ndarray | None: ...
 
 
 Rule = Callable[[Context, Any, tuple, dict, Any], Any]
@@ -303,11 +314,20 @@ def select(ctx, func, args, kwargs, out):
 
 @op_rule(aten.split, aten.split_with_sizes)
 def split(ctx, func, args, kwargs, out):
+    """Equal pieces (``chunk``) lose the same indices each: index ``i`` of every piece is one
+    channel, so the pruned tensor still splits into equal pieces. Unequal pieces (literal sizes)
+    are kept whole."""
     src = args[0]
     dim = (args[2] if len(args) > 2 else kwargs.get("dim", 0)) % src.dim()
     dims = ctx.dims(src)
-    if len(out) > 1:
-        ctx.pin(dims[dim])  # see slice_: pieces of a labelled dimension are kept whole for now
+    sizes = [piece.shape[dim] for piece in out]
+    if len(out) > 1 and dims[dim] is not None:
+        if len(set(sizes)) == 1:
+            pieces = dims[dim].reshape(len(out), sizes[0])
+            for p in pieces[1:]:
+                ctx.tie(pieces[0], p)
+        else:
+            ctx.pin(dims[dim])
     result, offset = [], 0
     for piece in out:
         part = list(dims)
@@ -414,14 +434,16 @@ def _blocks(src: Sequence[int], dst: Sequence[int]) -> list[tuple[list[int], lis
 
 @op_rule(aten.view, aten._unsafe_view, aten.reshape, aten._reshape_alias)
 def view(ctx, func, args, kwargs, out):
-    """Reshapes: a labelled dimension may be merged with unlabelled ones (flatten) or split off
-    unlabelled ones; a labelled dimension split across several dimensions (attention heads, channel
-    groups) is pinned for now."""
+    """Reshapes. A labelled dimension merged with unlabelled ones (flatten) or split off unlabelled
+    ones keeps its ids; one split into several labelled factors (attention heads, channel groups)
+    or several merged into one is recorded and resolved after tracing (see ``_factors``)."""
     src = args[0]
     dims = ctx.dims(src)
     blocks = _blocks(list(src.shape), list(out.shape))
     if blocks is None:
         return unknown(ctx, func, args, kwargs, out)
+    requested = list(args[1]) if len(args) > 1 and isinstance(args[1], (list, tuple)) else []
+    auto = [len(requested) == out.dim() and requested[k] == -1 for k in range(out.dim())]
     result: list[np.ndarray | None] = [None] * out.dim()
     for bi, bj in blocks:
         labelled = [i for i in bi if dims[i] is not None and src.shape[i] > 1]
@@ -430,31 +452,82 @@ def view(ctx, func, args, kwargs, out):
                 ctx.pin(dims[i])
         if not labelled:
             continue
+        src_shape = [src.shape[k] for k in bi]
+        out_shape = [out.shape[k] for k in bj]
         if len(labelled) > 1:
-            for i in labelled:
-                ctx.pin(dims[i])
+            _merge_view(ctx, dims, bi, bj, labelled, src_shape, out_shape, result, auto)
             continue
         (i,) = labelled
-        shape = [src.shape[k] for k in bi]
         axis = bi.index(i)
         grid = np.broadcast_to(
-            dims[i].reshape([-1 if k == axis else 1 for k in range(len(bi))]), shape
-        ).reshape([out.shape[k] for k in bj])
-        # the dimension that carries all the variation gets the ids; none or several: pin
+            dims[i].reshape([-1 if k == axis else 1 for k in range(len(bi))]), src_shape
+        ).reshape(out_shape)
+        # the target dimensions along which the ids vary are the factors of the labelled one
         carriers = [
             k
             for k in range(grid.ndim)
             if grid.shape[k] > 1 and not (grid == grid.take([0], axis=k)).all()
         ]
+        if not carriers:
+            ctx.pin(dims[i])
+            continue
+        index = tuple(slice(None) if k in carriers else 0 for k in range(grid.ndim))
+        small = np.ascontiguousarray(grid[index])
         if len(carriers) == 1:
             k = carriers[0]
-            index = [0] * grid.ndim
-            index[k] = slice(None)
-            result[bj[k]] = np.ascontiguousarray(grid[tuple(index)])
-            ctx.use(result[bj[k]])
-        else:
-            ctx.pin(dims[i])
+            result[bj[k]] = small
+            ctx.use(small)
+            ctx.site(small, auto[bj[k]])
+            continue
+        factors = [ctx.fresh(grid.shape[k]) for k in carriers]
+        for k, f in zip(carriers, factors, strict=True):
+            result[bj[k]] = f
+            ctx.site(f, auto[bj[k]])
+        ctx.use(dims[i])
+        _tie_inner_width(ctx, small, factors)
+        ctx.record(SplitRecord(ctx.module, small, factors, [auto[bj[k]] for k in carriers]))
     return tuple(result)
+
+
+def _tie_inner_width(ctx, ids: np.ndarray, factors: list[np.ndarray]) -> None:
+    """Heads sized from the input's width (``x.view(b, n, 3, heads, c // heads)`` with ``c`` the
+    width of the module's input): when the module has no per-head width attribute that could size
+    the split, its inner width must stay equal to its input's, index for index."""
+    width = ctx.input_width()
+    if width is None or len(width) < 2 or ids.size % len(width):
+        return
+    sizes = {len(f) for f in factors}
+    if sizes & set(_int_attributes(ctx.module, HEAD_WIDTH_ATTRIBUTES)):
+        return
+    copies = ids.size // len(width)
+    if copies > 3 or int(np.prod([len(f) for f in factors[1:]])) != len(width):
+        return
+    for row in ids.reshape(copies, len(width)):
+        ctx.tie(width, row)
+
+
+def _merge_view(ctx, dims, bi, bj, labelled, src_shape, out_shape, result, auto) -> None:
+    """Several labelled source dimensions merged into one target dimension: record it."""
+    wide = [k for k, n in enumerate(out_shape) if n > 1]
+    if len(wide) != 1:
+        for i in labelled:
+            ctx.pin(dims[i])
+        return
+    (k,) = wide
+    n = out_shape[k]
+    position = np.indices(src_shape).reshape(len(bi), -1)  # source coordinates, in flat order
+    if position.shape[1] != n:
+        for i in labelled:
+            ctx.pin(dims[i])
+        return
+    merged = ctx.fresh(n)
+    sources = [dims[i] for i in labelled]
+    coords = [position[bi.index(i)] for i in labelled]
+    for v in sources:
+        ctx.use(v)
+    result[bj[k]] = merged
+    ctx.site(merged, auto[bj[k]])
+    ctx.record(MergeRecord(merged, sources, coords))
 
 
 # --- reductions -------------------------------------------------------------------------------

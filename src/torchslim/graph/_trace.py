@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -21,6 +22,7 @@ from torch.utils.weak import WeakTensorKeyDictionary
 from torchslim._attention import attention_op_by_op
 from torchslim._inputs import Inputs, eval_mode
 from torchslim.errors import TracingError
+from torchslim.graph._factors import SizeSite, module_rule, resolve
 from torchslim.graph._labels import LabelSpace
 from torchslim.graph._rules import RULES, Dims, _tensors, pointwise, unknown
 
@@ -37,16 +39,62 @@ class TraceResult:
     tensor_ids: dict[str, Dims]
     unsupported: Counter
     outputs: list[torch.Tensor]
+    sites: list[SizeSite] = dataclasses.field(default_factory=list)
 
 
 class _Tracer(TorchDispatchMode):
-    def __init__(self, space: LabelSpace, names: dict[int, str]) -> None:
+    def __init__(
+        self, space: LabelSpace, names: dict[int, str], modules: dict[int, str], attention: str
+    ) -> None:
         super().__init__()
         self.space = space
         self.names = names
+        self.module_names = modules
+        self.attention = attention
         self.labels = WeakTensorKeyDictionary()
         self.tensor_ids: dict[str, Dims] = {}
         self.unsupported: Counter = Counter()
+        self.records: list[Any] = []
+        self.sites: list[SizeSite] = []
+        self._stack: list[torch.nn.Module] = []
+        self._widths: dict[int, np.ndarray | None] = {}
+
+    @property
+    def module(self) -> torch.nn.Module | None:
+        """The innermost module of the traced model that is running now."""
+        return self._stack[-1] if self._stack else None
+
+    def record(self, rec: Any) -> None:
+        self.records.append(rec)
+
+    def site(self, ids: np.ndarray, auto: bool = False) -> None:
+        """A labelled dimension of a reshape's target shape: its size may come from an attribute
+        of the module issuing the reshape (``num_heads``, ``hidden_dim``), which pruning updates."""
+        module = self.module
+        if module is not None and ids is not None and not auto:
+            self.sites.append(SizeSite(self.module_names[id(module)], module, ids))
+
+    def input_width(self) -> np.ndarray | None:
+        """Ids of the last dimension of the running module's first tensor input."""
+        module = self.module
+        return None if module is None else self._widths.get(id(module))
+
+    def _enter(self, module, args) -> None:
+        if id(module) in self.module_names:
+            self._stack.append(module)
+            first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+            if first is not None and first.dim():
+                self._widths[id(module)] = self.dims(first)[-1]
+            rule = module_rule(module)
+            if rule is not None:
+                try:
+                    rule(self, module, args)
+                except Exception as exc:  # pragma: no cover - defensive, like op rules
+                    _logger.debug("module rule for %s failed: %s", type(module).__name__, exc)
+
+    def _exit(self, module, args, out) -> None:
+        if self._stack and self._stack[-1] is module:
+            self._stack.pop()
 
     # Context protocol used by the rules
     def dims(self, t: torch.Tensor) -> Dims:
@@ -69,6 +117,9 @@ class _Tracer(TorchDispatchMode):
 
     def use(self, ids) -> None:
         self.space.use(ids)
+
+    def fresh(self, n: int) -> np.ndarray:
+        return self.space.fresh(n)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -122,15 +173,18 @@ def _output_tensors(out: Any) -> list[torch.Tensor]:
     return found
 
 
-def trace_ids(model: torch.nn.Module, inputs: Inputs) -> TraceResult:
+def trace_ids(model: torch.nn.Module, inputs: Inputs, attention: str = "heads") -> TraceResult:
     """Run ``model`` on ``inputs`` and collect the ties between channel ids of its tensors."""
     names: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=True):
         names[id(p)] = name
     for name, b in model.named_buffers(remove_duplicate=True):
         names.setdefault(id(b), name)
+    modules = {id(m): name for name, m in model.named_modules()}
     space = LabelSpace()
-    tracer = _Tracer(space, names)
+    tracer = _Tracer(space, names, modules, attention)
+    pre = torch.nn.modules.module.register_module_forward_pre_hook(tracer._enter)
+    post = torch.nn.modules.module.register_module_forward_hook(tracer._exit, always_call=True)
     try:
         with torch.no_grad(), eval_mode(model), attention_op_by_op(), tracer:
             out = inputs.call(model)
@@ -139,6 +193,9 @@ def trace_ids(model: torch.nn.Module, inputs: Inputs) -> TraceResult:
             f"{type(model).__name__} failed while running on the example inputs for tracing: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    finally:
+        pre.remove()
+        post.remove()
     outputs = _output_tensors(out)
     for t in outputs:  # what the model returns keeps its shape: its channels are pinned
         for v in tracer.dims(t):
@@ -149,4 +206,5 @@ def trace_ids(model: torch.nn.Module, inputs: Inputs) -> TraceResult:
         for v in dims:
             if v is not None and not used[v].all():
                 space.pin(v[~used[v]])
-    return TraceResult(space, tracer.tensor_ids, tracer.unsupported, outputs)
+    resolve(space, tracer.records, attention)
+    return TraceResult(space, tracer.tensor_ids, tracer.unsupported, outputs, tracer.sites)

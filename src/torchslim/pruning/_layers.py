@@ -173,6 +173,36 @@ class PReLUPruner(LayerPruner):
         module.num_parameters = module.weight.shape[0]
 
 
+@register_layer_pruner(nn.MultiheadAttention)
+class MultiheadAttentionPruner(LayerPruner):
+    """Heads or head dimensions of ``nn.MultiheadAttention``. Tracing ties the projections' inner
+    width to the query's width; ``num_heads`` comes from the plan's attribute updates."""
+
+    prunable = {
+        "in_proj_weight": (0, 1),
+        "in_proj_bias": (0,),
+        "q_proj_weight": (0, 1),
+        "k_proj_weight": (0, 1),
+        "v_proj_weight": (0, 1),
+        "bias_k": (2,),
+        "bias_v": (2,),
+    }
+
+    def update(self, module: Any, old_shapes):
+        if module._qkv_same_embed_dim:
+            module.embed_dim = module.in_proj_weight.shape[1]
+            module.kdim = module.vdim = module.embed_dim
+        else:
+            module.embed_dim = module.q_proj_weight.shape[1]
+            module.kdim = module.k_proj_weight.shape[1]
+            module.vdim = module.v_proj_weight.shape[1]
+        if module.embed_dim % module.num_heads:
+            raise ConfigError(
+                f"embed_dim {module.embed_dim} is not a multiple of num_heads {module.num_heads}"
+            )
+        module.head_dim = module.embed_dim // module.num_heads
+
+
 def tensor_of(module: nn.Module, name: str) -> torch.Tensor | None:
     if name in module._parameters:
         return module._parameters[name]

@@ -15,7 +15,7 @@ from torchslim.errors import ConfigError
 
 __all__ = ["PruningPlan", "plan_from_removals", "PLAN_FORMAT_VERSION"]
 
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2  # 2 added "attributes"
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,15 @@ class PruningPlan:
         shapes: Shape of each listed tensor before pruning, to check the plan fits a model.
         options: The options that produced the plan (ratio, importance, …).
         torchslim_version: Version that wrote the plan.
+        attributes: Integer size attributes that change, ``{module: {name: [old, new]}}``
+            (``num_heads`` when heads are removed, ``hidden_dim``, …).
     """
 
     kept: dict[str, dict[int, list[int]]]
     shapes: dict[str, list[int]]
     options: dict[str, Any] = field(default_factory=dict)
     torchslim_version: str = torchslim.__version__
+    attributes: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, dims in self.kept.items():
@@ -74,8 +77,21 @@ class PruningPlan:
                         f"first plan, the second expects {later.shapes[name][d]}"
                     )
                 base[d] = [before[i] for i in keep]
+        attributes = {m: {a: list(v) for a, v in d.items()} for m, d in self.attributes.items()}
+        for module, attrs in later.attributes.items():
+            for attr, (old, new) in attrs.items():
+                first = attributes.setdefault(module, {}).get(attr)
+                if first is not None and first[1] != old:
+                    raise ConfigError(
+                        f"plans do not chain: {module}.{attr} is {first[1]} after the first plan, "
+                        f"the second expects {old}"
+                    )
+                attributes[module][attr] = [first[0] if first else old, new]
         return PruningPlan(
-            kept=kept, shapes=shapes, options={"steps": [self.options, later.options]}
+            kept=kept,
+            shapes=shapes,
+            options={"steps": [self.options, later.options]},
+            attributes=attributes,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,6 +104,10 @@ class PruningPlan:
             "kept": {
                 k: {str(d): list(map(int, keep)) for d, keep in sorted(v.items())}
                 for k, v in sorted(self.kept.items())
+            },
+            "attributes": {
+                m: {a: [int(x) for x in v] for a, v in sorted(d.items())}
+                for m, d in sorted(self.attributes.items())
             },
         }
 
@@ -107,6 +127,10 @@ class PruningPlan:
             shapes={k: list(v) for k, v in data["shapes"].items()},
             options=dict(data.get("options", {})),
             torchslim_version=data.get("torchslim_version", "unknown"),
+            attributes={
+                m: {a: [int(x) for x in v] for a, v in d.items()}
+                for m, d in data.get("attributes", {}).items()
+            },
         )
 
     def to_json(self, path: str | Path | None = None) -> str:
@@ -130,6 +154,9 @@ class PruningPlan:
                 for d, k in sorted(self.kept[name].items())
             )
             lines.append(f"  {name}: {dims}")
+        for module, attrs in sorted(self.attributes.items()):
+            for attr, (old, new) in sorted(attrs.items()):
+                lines.append(f"  {module or '(root)'}.{attr}: {old} -> {new}")
         return "\n".join(lines)
 
 
@@ -137,11 +164,17 @@ def plan_from_removals(
     model: torch.nn.Module, removals: Sequence[tuple[Any, Sequence[int]]], options: dict
 ) -> PruningPlan:
     """Build a plan from ``(group, channels to remove)`` pairs."""
+    from torchslim.graph._factors import attribute_updates
+
     shapes = {name: list(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
     removed: dict[str, dict[int, set[int]]] = {}
+    removed_roots: set[int] = set()
+    sites = []
     for group, channels in removals:
+        sites = group.graph.attributes
         if not len(channels):
             continue
+        removed_roots.update(int(group.roots[c]) for c in channels)
         for (tensor, dim), idx in group.member_indices(channels).items():
             removed.setdefault(tensor, {}).setdefault(dim, set()).update(map(int, idx))
     kept = {
@@ -151,4 +184,9 @@ def plan_from_removals(
         }
         for name, dims in removed.items()
     }
-    return PruningPlan(kept=kept, shapes={n: shapes[n] for n in kept}, options=dict(options))
+    return PruningPlan(
+        kept=kept,
+        shapes={n: shapes[n] for n in kept},
+        options=dict(options),
+        attributes=attribute_updates(sites, removed_roots),
+    )

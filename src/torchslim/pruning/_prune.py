@@ -88,6 +88,7 @@ def prune_(
     round_to: int | None = None,
     min_channels: int = 1,
     measure_latency: bool = False,
+    attention: str = "heads",
 ) -> PruneResult:
     """Structurally prune ``model`` in place: remove channels, so the model really shrinks.
 
@@ -109,6 +110,8 @@ def prune_(
         round_to: Keep channel counts multiples of this (hardware-friendly widths).
         min_channels: Never keep fewer channels than this in a group.
         measure_latency: Also measure latency in the before/after profiles.
+        attention: How attention widths shrink: ``"heads"`` removes whole heads (and updates
+            ``num_heads``), ``"head_dim"`` removes the same dimensions from every head.
 
     Returns:
         A :class:`PruneResult` with the plan and before/after profiles.
@@ -130,9 +133,10 @@ def prune_(
         "global_ranking": global_ranking,
         "round_to": round_to,
         "min_channels": min_channels,
+        "attention": attention,
     }
     before = profile(model, inputs, latency=measure_latency, memory=False)
-    graph = trace(model, inputs, ignore=ignore)
+    graph = trace(model, inputs, ignore=ignore, attention=attention)
 
     targets: list[tuple[Any, float]] = []
     for group in graph.groups():

@@ -124,6 +124,15 @@ def apply_plan(
                 f"the plan expects {name!r} of shape {list(shape)}, the model has "
                 f"{list(t.shape)}: apply plans to a fresh, unpruned model of the same architecture"
             )
+    modules = dict(model.named_modules())
+    for mname, attrs in plan.attributes.items():
+        for attr, (old, _new) in attrs.items():
+            current = getattr(modules.get(mname), attr, None)
+            if current != old:
+                raise PruningError(
+                    f"the plan changes {mname or '(root)'}.{attr} from {old}, the model has "
+                    f"{current}: apply plans to a fresh, unpruned model of the same architecture"
+                )
     if verify_inputs is not None and reference is None:
         with torch.no_grad(), eval_mode(model):
             reference = _outputs_signature(verify_inputs.call(model))
@@ -142,6 +151,9 @@ def apply_plan(
                     module._buffers[local] = new
                 entry = touched.setdefault(id(module), (mname, module, {}))
                 entry[2][local] = tuple(plan.shapes[name])
+        for mname, attrs in plan.attributes.items():
+            for attr, (_old, new) in attrs.items():
+                setattr(modules[mname], attr, new)
         for mname, module, old_shapes in touched.values():
             pruner = get_layer_pruner(module)
             try:
