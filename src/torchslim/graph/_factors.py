@@ -187,12 +187,13 @@ def _int_attributes(module: nn.Module | None, names: frozenset[str]) -> list[int
     return found
 
 
-def _periodic(roots: np.ndarray) -> bool:
-    """Whether ``roots`` repeats with a period shorter than its length (a batch of heads)."""
+def _period(roots: np.ndarray) -> int:
+    """The shortest period with which ``roots`` repeats (its length if it does not)."""
     n = len(roots)
-    return any(
-        n % p == 0 and (roots.reshape(-1, p) == roots[:p]).all() for p in range(1, n // 2 + 1)
-    )
+    for p in range(1, n // 2 + 1):
+        if n % p == 0 and (roots.reshape(-1, p) == roots[:p]).all():
+            return p
+    return n
 
 
 def attribute_sites(sites: list[SizeSite], root: np.ndarray) -> list[AttributeSite]:
@@ -205,7 +206,10 @@ def attribute_sites(sites: list[SizeSite], root: np.ndarray) -> list[AttributeSi
         if (roots == root[PINNED]).all():
             continue
         n = len(roots)
-        periodic = _periodic(roots)
+        period = _period(roots)
+        heads = set(_int_attributes(site.module, COUNT_ATTRIBUTES))
+        # a width repeating per sample of a batch is no width; one repeating per head is
+        periodic = period < n and n // period not in heads
         for attr in sorted(COUNT_ATTRIBUTES | WIDTH_ATTRIBUTES):
             v = site.module.__dict__.get(attr)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
