@@ -112,7 +112,10 @@ class SplitRecord:
     def _choose(self, live: list[int], attention: str) -> int:
         preferred = COUNT_ATTRIBUTES if attention == "heads" else HEAD_WIDTH_ATTRIBUTES
         values = _int_attributes(self.module, preferred)
+        last = len(self.factors) - 1
         for k in live:
+            if (k == last) == (attention == "heads"):
+                continue  # heads come before the per-head width in a split, never last
             n = len(self.factors[k])
             if any(v == n or (attention == "heads" and n % v == 0) for v in values):
                 return k
@@ -155,6 +158,9 @@ class SizeSite:
     name: str
     module: nn.Module
     ids: np.ndarray
+    #: for a factor of a split: whether it is the innermost one (a per-head width, never a head
+    #: count); None for other reshapes
+    inner: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +217,11 @@ def attribute_sites(sites: list[SizeSite], root: np.ndarray) -> list[AttributeSi
         # a width repeating per sample of a batch is no width; one repeating per head is
         periodic = period < n and n // period not in heads
         for attr in sorted(COUNT_ATTRIBUTES | WIDTH_ATTRIBUTES):
+            # head counts size the outer factors of a split, per-head widths the innermost
+            if (site.inner is not False and attr in COUNT_ATTRIBUTES) or (
+                site.inner is False and attr in HEAD_WIDTH_ATTRIBUTES
+            ):
+                continue
             v = site.module.__dict__.get(attr)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 continue
