@@ -199,3 +199,41 @@ def test_heads_sized_from_the_input_width_are_tied_to_it():
     assert len(group) == 4  # whole heads, each with its 4 model-width channels
     _prune_and_check_oracle(model, x)
     assert model.attn.heads == 2 and model.inp.out_features == 8
+
+
+def test_grouped_convolution_loses_the_same_positions_in_every_group():
+    class Grouped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 8, 1)
+            self.g = nn.Conv2d(8, 12, 3, padding=1, groups=2)  # 4 in, 6 out per group
+            self.b = nn.Conv2d(12, 5, 1)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.g(torch.relu(self.a(x)))))
+
+    torch.manual_seed(0)
+    model, x = Grouped(), torch.randn(1, 3, 6, 6)
+    groups = ts.trace(model, x).groups()
+    inner = next(g for g in groups if ("a.weight", 0) in members(g))
+    a = [m.tensor for m in inner.members].index("a.weight")
+    g_in = [(m.tensor, m.dim) for m in inner.members].index(("g.weight", 1))
+    assert sorted((tuple(ch[a].tolist()), tuple(ch[g_in].tolist())) for ch in inner.indices) == [
+        ((i, i + 4), (i,)) for i in range(4)
+    ]
+    outer = next(g for g in groups if ("g.weight", 0) in members(g))
+    assert len(outer) == 6
+    _prune_and_check_oracle(model, x)
+    assert (model.g.in_channels, model.g.out_channels, model.g.groups) == (4, 6, 2)
+    assert model.g.weight.shape == (6, 2, 3, 3)
+
+
+def test_group_norm_loses_the_same_positions_in_every_group():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 3, 4, 4)
+    (group,) = ts.trace(model, x).groups()
+    k = [(m.tensor, m.dim) for m in group.members].index(("1.weight", 0))
+    assert sorted(tuple(ch[k].tolist()) for ch in group.indices) == [(i, i + 4) for i in range(4)]
+    ts.prune_(model, x, ratio=0.5)
+    assert (model[1].num_groups, model[1].num_channels) == (2, 4)
+    assert model(x).shape == (1, 4, 4, 4)

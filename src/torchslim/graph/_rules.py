@@ -674,7 +674,21 @@ def convolution(ctx, func, args, kwargs, out):
             ctx.tie(np.repeat(xd[1], m), w_out)
         ctx.pin(w_in)
         out_vec = w_out
-    else:  # grouped: channels are pinned for now
+    elif not transposed and cin % groups == 0 and w.shape[0] % groups == 0:
+        # grouped: every group loses the same input and output positions, so the groups stay
+        # equal and ``groups`` keeps its value
+        per_in, per_out = cin // groups, w.shape[0] // groups
+        if xd[1] is None:
+            ctx.pin(w_in)
+        else:
+            rows = xd[1].reshape(groups, per_in)
+            for r in rows:
+                ctx.tie(r, w_in)
+        cols = w_out.reshape(groups, per_out)
+        for c in cols[1:]:
+            ctx.tie(cols[0], c)
+        out_vec = w_out
+    else:  # grouped transposed convolution: channels are kept whole
         ctx.pin(xd[1])
         ctx.pin(w_in)
         ctx.pin(w_out)
@@ -732,15 +746,17 @@ def layer_norm(ctx, func, args, kwargs, out):
 
 @op_rule(aten.native_group_norm)
 def group_norm(ctx, func, args, kwargs, out):
-    x, groups = args[0], int(args[7])
+    """Statistics are shared within a group: every group loses the same positions, so the groups
+    stay equal (``num_groups`` keeps its value)."""
+    x, groups = args[0], int(args[6])
     channels = x.shape[1]
     params = [a for a in args[1:3] if isinstance(a, torch.Tensor)]
-    if groups == channels:  # one channel per group: channels are independent
-        result = _channel_norm(ctx, x, params, out[0])
-    else:  # statistics shared across channels of a group: keep them all for now
-        for t in [x, *params]:
-            _pin_all(ctx, t) if t is not x else ctx.pin(ctx.dims(x)[1])
-        result = (ctx.dims(x)[0], None, *ctx.dims(x)[2:])
+    result = _channel_norm(ctx, x, params, out[0])
+    vec = result[1]
+    if vec is not None and groups > 1 and channels % groups == 0 and groups != channels:
+        rows = vec.reshape(groups, channels // groups)
+        for r in rows[1:]:
+            ctx.tie(rows[0], r)
     return [result, _none(out[1]), _none(out[2])]
 
 

@@ -88,8 +88,12 @@ class ConvPruner(LayerPruner):
         elif old_in_per_group == 1 and groups == module.in_channels:  # depthwise
             multiplier = old_out // groups
             module.groups = module.in_channels = out_channels // multiplier
-        elif (out_channels, in_per_group) != tuple(old_shapes["weight"][:2]):
-            raise ConfigError(f"grouped convolution (groups={groups}) cannot be pruned yet")
+        else:  # grouped: tracing removes the same positions from every group
+            if out_channels % groups:
+                raise ConfigError(
+                    f"{out_channels} output channels do not split into groups={groups}"
+                )
+            module.in_channels = in_per_group * groups
         module.out_channels = out_channels
 
 
@@ -146,7 +150,7 @@ if hasattr(nn, "RMSNorm"):
 
 @register_layer_pruner(nn.GroupNorm)
 class GroupNormPruner(LayerPruner):
-    """Only with one channel per group (tracing pins the channels otherwise)."""
+    """Tracing removes the same positions from every group; one channel per group stays so."""
 
     prunable = {"weight": (0,), "bias": (0,)}
 
@@ -154,6 +158,8 @@ class GroupNormPruner(LayerPruner):
         channels = module.weight.shape[0]
         if module.num_groups == module.num_channels:
             module.num_groups = channels
+        elif channels % module.num_groups:
+            raise ConfigError(f"{channels} channels do not split into {module.num_groups} groups")
         module.num_channels = channels
 
 
