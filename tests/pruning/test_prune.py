@@ -241,3 +241,29 @@ def test_two_pruning_steps_save_as_one_composed_plan(tmp_path):
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_models_with_data_dependent_output_sizes_prune():
+    class Detector(nn.Module):  # returns as many scores as pass a threshold, like a detector
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 2, 1))
+
+        def forward(self, x):
+            scores = self.body(x).flatten(1).sigmoid()
+            keep = scores > 0.5
+            return scores[keep], keep.nonzero()
+
+    torch.manual_seed(0)
+    model, x = Detector(), torch.randn(1, 3, 8, 8)
+    ts.prune_(model, x, ratio=0.5)
+    assert model.body[0].out_channels == 4
+    scores, where = model(x)
+    assert scores.dim() == 1 and where.shape[1] == 2
+
+
+def test_a_changed_trailing_output_dimension_is_still_an_error():
+    from torchslim.pruning._surgery import _same_shapes
+
+    assert not _same_shapes([(3, 4)], [(3, 2)], None, None)
+    assert not _same_shapes([(3, 4)], [(3, 4, 1)], None, None)

@@ -94,6 +94,42 @@ def _outputs_signature(out: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in _output_tensors(out)]
 
 
+_DYNAMIC_OPS = ("nonzero", "masked_select", "unique", "argwhere", "nms")
+
+
+def _has_data_dependent_shapes(model: nn.Module, inputs: Inputs) -> bool:
+    """Whether the model runs an op whose output size depends on values (``nonzero``, NMS, …):
+    detectors return as many boxes as pass their thresholds."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Probe(TorchDispatchMode):
+        found = False
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket)
+            if any(op in name for op in _DYNAMIC_OPS):
+                Probe.found = True
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), eval_mode(model), Probe():
+        inputs.call(model)
+    return Probe.found
+
+
+def _same_shapes(
+    reference: list[tuple[int, ...]], after: list[tuple[int, ...]], model: nn.Module, inputs: Inputs
+) -> bool:
+    """Output shapes kept; for models with data-dependent output sizes, all but the leading
+    (count) dimension of each output."""
+    if after == reference:
+        return True
+    if len(after) != len(reference) or any(
+        len(a) != len(b) or a[1:] != b[1:] for a, b in zip(after, reference, strict=True)
+    ):
+        return False
+    return _has_data_dependent_shapes(model, inputs)
+
+
 def apply_plan(
     model: nn.Module,
     plan: PruningPlan,
@@ -190,7 +226,7 @@ def apply_plan(
                     f"the pruned model fails on the example inputs ({type(exc).__name__}: "
                     f"{str(exc).splitlines()[0] if str(exc) else ''}){hint}; the model was restored"
                 ) from exc
-            if after != reference:
+            if not _same_shapes(reference, after, model, verify_inputs):
                 raise PruningError(
                     f"pruning changed the output shapes from {reference} to {after}; the model was "
                     "restored"
