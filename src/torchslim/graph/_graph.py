@@ -133,7 +133,16 @@ class DependencyGraph:
         self.shapes = shapes
         self.unsupported = unsupported
         self.stale = False
+        self._tensors: dict[str, Any] | None = None
         self.output_shapes: list[tuple[int, ...]] = []  # of the traced run
+
+    @property
+    def tensors(self) -> dict[str, Any]:
+        """Parameters and buffers of the traced model by fully qualified name (for criteria)."""
+        if self._tensors is None:
+            self._tensors = dict(self.model.state_dict(keep_vars=True))
+            self._tensors.update(self.model.named_parameters())
+        return self._tensors
 
     def groups(self) -> list[Group]:
         """The prunable groups, largest first in module order."""

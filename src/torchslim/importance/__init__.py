@@ -83,11 +83,11 @@ class Magnitude(Importance):
         self.p = p
 
     def __call__(self, group: Any) -> np.ndarray:
-        params = dict(group.graph.model.named_parameters())
+        tensors = group.graph.tensors
         scores = np.zeros(len(group))
         for k, m in enumerate(group.members):
-            t = params.get(m.tensor)
-            if t is None:
+            t = tensors.get(m.tensor)
+            if not isinstance(t, torch.nn.Parameter):
                 continue
             with torch.no_grad():
                 w = t.detach().float().abs().pow(self.p)
