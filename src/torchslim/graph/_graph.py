@@ -172,6 +172,7 @@ def trace(
     ignore: Iterable[str] = (),
     min_size: int = 2,
     attention: str = "heads",
+    _alongside: Any = None,
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and group its coupled prunable dimensions.
 
@@ -193,7 +194,7 @@ def trace(
         raise ConfigError(f"attention must be 'heads' or 'head_dim', not {attention!r}")
     inputs = as_inputs(example_inputs)
     ignore = tuple(ignore)
-    result = trace_ids(model, inputs, attention)
+    result = trace_ids(model, inputs, attention, _alongside)
     space = result.space
     owners = {name: found[0] for name, found in tensor_owners(model).items()}
     shapes = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}

@@ -8,6 +8,7 @@ shapes or custom code, and every op, whichever module or function issued it, is 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections import Counter
@@ -173,7 +174,12 @@ def _output_tensors(out: Any) -> list[torch.Tensor]:
     return found
 
 
-def trace_ids(model: torch.nn.Module, inputs: Inputs, attention: str = "heads") -> TraceResult:
+def trace_ids(
+    model: torch.nn.Module,
+    inputs: Inputs,
+    attention: str = "heads",
+    alongside: Any = None,
+) -> TraceResult:
     """Run ``model`` on ``inputs`` and collect the ties between channel ids of its tensors."""
     names: dict[int, str] = {}
     for name, p in model.named_parameters(remove_duplicate=True):
@@ -186,7 +192,13 @@ def trace_ids(model: torch.nn.Module, inputs: Inputs, attention: str = "heads") 
     pre = torch.nn.modules.module.register_module_forward_pre_hook(tracer._enter)
     post = torch.nn.modules.module.register_module_forward_hook(tracer._exit, always_call=True)
     try:
-        with torch.no_grad(), eval_mode(model), attention_op_by_op(), tracer:
+        with (
+            torch.no_grad(),
+            eval_mode(model),
+            attention_op_by_op(),
+            alongside if alongside is not None else contextlib.nullcontext(),
+            tracer,
+        ):
             out = inputs.call(model)
     except Exception as exc:
         raise TracingError(

@@ -13,6 +13,8 @@ inclusive MACs minus those of its direct children (ops written in its own ``forw
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +98,74 @@ def _total_flops(counter: FlopCounterMode) -> int:
     return int(sum(counter.flop_counts["Global"].values()))
 
 
+class MacCounter:
+    """Counts MACs, in total and per module, of the forward passes run inside ``with``.
+
+    A context manager so that counting can share a forward pass with other work (tracing,
+    verification) instead of running the model again.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+        self.counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+        self.names = {id(m): n for n, m in model.named_modules(remove_duplicate=True)}
+        self.own: dict[str, int] = {}  # FLOPs of ops each module ran itself, outside its children
+        self.calls: dict[str, int] = {}
+        # the modules running now: [name, FLOPs total when it started, FLOPs of finished children]
+        self._stack: list[list[Any]] = []
+        self._handles: list[Any] = []
+        self._exits: contextlib.ExitStack | None = None
+
+    def _pre_hook(self, module: torch.nn.Module, _args: Any) -> None:
+        name = self.names[id(module)]
+        self.own.setdefault(name, 0)  # first call fixes the module's place in the table
+        self._stack.append([name, _total_flops(self.counter), 0])
+
+    def _post_hook(self, module: torch.nn.Module, _args: Any, _out: Any) -> None:
+        name, start, in_children = self._stack.pop()
+        inclusive = _total_flops(self.counter) - start
+        self.own[name] += inclusive - in_children
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self._stack:
+            self._stack[-1][2] += inclusive
+
+    def __enter__(self) -> MacCounter:
+        for module in self.model.modules():
+            if id(module) in self.names:
+                self._handles.append(module.register_forward_pre_hook(self._pre_hook))
+                self._handles.append(
+                    module.register_forward_hook(self._post_hook, always_call=True)
+                )
+        self._exits = contextlib.ExitStack()
+        self._exits.enter_context(attention_op_by_op())
+        self._exits.enter_context(self.counter)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert self._exits is not None
+        self._exits.close()
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def result(self) -> tuple[int, list[LayerProfile]]:
+        """The total MACs and the per-module table, in the order modules first ran."""
+        total_macs = _total_flops(self.counter) // 2
+        modules = dict(self.model.named_modules(remove_duplicate=True))
+        layers: list[LayerProfile] = []
+        for name, flops in self.own.items():  # insertion order: the order modules first ran
+            module = modules[name]
+            own_params = sum(p.numel() for p in module.parameters(recurse=False))
+            macs = flops // 2
+            if macs == 0 and own_params == 0:
+                continue
+            share = macs / total_macs if total_macs else 0.0
+            layers.append(
+                LayerProfile(name, type(module).__name__, own_params, macs, share, self.calls[name])
+            )
+        return total_macs, layers
+
+
 def count_macs(model: torch.nn.Module, inputs: Inputs) -> tuple[int, list[LayerProfile]]:
     """Run ``model`` once on ``inputs`` and count its MACs, in total and per module.
 
@@ -106,49 +176,6 @@ def count_macs(model: torch.nn.Module, inputs: Inputs) -> tuple[int, list[LayerP
         The total MACs and the per-module table, in the order modules first ran. Modules that
         neither own parameters nor run counted ops are left out of the table.
     """
-    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
-    names = {id(m): n for n, m in model.named_modules(remove_duplicate=True)}
-    own: dict[str, int] = {}  # FLOPs of ops each module ran itself, outside its child modules
-    calls: dict[str, int] = {}
-    # the modules running now: [name, FLOPs total when it started, FLOPs of its finished children]
-    stack: list[list[Any]] = []
-    handles = []
-
-    def pre_hook(module: torch.nn.Module, _args: Any) -> None:
-        name = names[id(module)]
-        own.setdefault(name, 0)  # first call fixes the module's place in the table
-        stack.append([name, _total_flops(counter), 0])
-
-    def post_hook(module: torch.nn.Module, _args: Any, _out: Any) -> None:
-        name, start, in_children = stack.pop()
-        inclusive = _total_flops(counter) - start
-        own[name] += inclusive - in_children
-        calls[name] = calls.get(name, 0) + 1
-        if stack:
-            stack[-1][2] += inclusive
-
-    for module in model.modules():
-        if id(module) in names:
-            handles.append(module.register_forward_pre_hook(pre_hook))
-            handles.append(module.register_forward_hook(post_hook, always_call=True))
-    try:
-        with attention_op_by_op(), counter:
-            inputs.call(model)
-    finally:
-        for h in handles:
-            h.remove()
-
-    total_macs = _total_flops(counter) // 2
-    modules = dict(model.named_modules(remove_duplicate=True))
-    layers: list[LayerProfile] = []
-    for name, flops in own.items():  # insertion order: the order modules first ran
-        module = modules[name]
-        own_params = sum(p.numel() for p in module.parameters(recurse=False))
-        macs = flops // 2
-        if macs == 0 and own_params == 0:
-            continue
-        share = macs / total_macs if total_macs else 0.0
-        layers.append(
-            LayerProfile(name, type(module).__name__, own_params, macs, share, calls[name])
-        )
-    return total_macs, layers
+    with MacCounter(model) as counter:
+        inputs.call(model)
+    return counter.result()

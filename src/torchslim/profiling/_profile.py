@@ -183,6 +183,7 @@ def profile(
     threads: int | None = None,
     warmup: int = 10,
     runs: int = 50,
+    _counted: tuple[int, list] | None = None,
 ) -> Profile:
     """Measure a model on example inputs: params, MACs, latency and peak memory, per layer.
 
@@ -224,8 +225,11 @@ def profile(
 
     with eval_mode(model), pinned_threads(threads) as n_threads:
         params, trainable = count_params(model)
-        with torch.no_grad():
-            macs, layers = count_macs(model, inputs)
+        if _counted is not None and target == current:  # counted during another forward pass
+            macs, layers = _counted
+        else:
+            with torch.no_grad():
+                macs, layers = count_macs(model, inputs)
         mem = measure_memory(model, inputs, target) if memory else None
         lat = (
             measure_latency(

@@ -18,6 +18,7 @@ from torchslim.errors import ConfigError, PruningError
 from torchslim.graph import trace
 from torchslim.importance import Importance, get_importance
 from torchslim.profiling import Profile, profile
+from torchslim.profiling._counting import MacCounter
 from torchslim.pruning._plan import PruningPlan, plan_from_removals
 from torchslim.pruning._surgery import apply_plan
 
@@ -135,8 +136,11 @@ def prune_(
         "min_channels": min_channels,
         "attention": attention,
     }
-    before = profile(model, inputs, latency=measure_latency, memory=False)
-    graph = trace(model, inputs, ignore=ignore, attention=attention)
+    counted = MacCounter(model)  # MACs before are counted while tracing: one forward pass less
+    graph = trace(model, inputs, ignore=ignore, attention=attention, _alongside=counted)
+    before = profile(
+        model, inputs, latency=measure_latency, memory=False, _counted=counted.result()
+    )
 
     targets: list[tuple[Any, float]] = []
     for group in graph.groups():
@@ -187,8 +191,12 @@ def prune_(
             order = np.argsort(scores, kind="stable")
             removals.append((group, sorted(order[: len(group) - keep].tolist())))
 
-    plan, skipped = _apply_largest_working(model, removals, options, inputs, graph.output_shapes)
-    after = profile(model, inputs, latency=measure_latency, memory=False)
+    plan, skipped, counted = _apply_largest_working(
+        model, removals, options, inputs, graph.output_shapes
+    )
+    after = profile(
+        model, inputs, latency=measure_latency, memory=False, _counted=counted.result()
+    )
     _logger.info(
         "pruned %s: params %d -> %d, MACs %d -> %d",
         type(model).__name__,
@@ -202,18 +210,19 @@ def prune_(
 
 def _apply_largest_working(
     model: nn.Module, removals: list, options: dict, inputs: Any, reference: list
-) -> tuple[PruningPlan, list[tuple[tuple[str, ...], str]]]:
+) -> tuple[PruningPlan, list[tuple[tuple[str, ...], str]], MacCounter]:
     """Apply all removals; if the pruned model fails, find the groups at fault by bisection on
-    copies of the model, leave them whole, and apply the rest. Returns the plan and the skipped
-    groups (their modules and the reason)."""
+    copies of the model, leave them whole, and apply the rest. Returns the plan, the skipped
+    groups (their modules and the reason), and the MACs counted while verifying the result."""
     skipped: list[tuple[tuple[str, ...], str]] = []
     first_error: PruningError | None = None
     pending = list(removals)
     for _ in range(3):
         plan = plan_from_removals(model, pending, options)
+        counted = MacCounter(model)
         try:
-            apply_plan(model, plan, verify_inputs=inputs, reference=reference)
-            return plan, skipped
+            apply_plan(model, plan, verify_inputs=inputs, reference=reference, _alongside=counted)
+            return plan, skipped, counted
         except PruningError as exc:
             first_error = first_error or exc
             if len(pending) <= 1:

@@ -136,6 +136,7 @@ def apply_plan(
     *,
     verify_inputs: Inputs | None = None,
     reference: list[tuple[int, ...]] | None = None,
+    _alongside: Any = None,
 ) -> nn.Module:
     """Prune ``model`` in place as ``plan`` says; all or nothing.
 
@@ -207,7 +208,11 @@ def apply_plan(
                 ) from exc
         if verify_inputs is not None:
             try:
-                with torch.no_grad(), eval_mode(model):
+                with (
+                    torch.no_grad(),
+                    eval_mode(model),
+                    _alongside if _alongside is not None else contextlib.nullcontext(),
+                ):
                     after = _outputs_signature(verify_inputs.call(model))
             except Exception as exc:
                 custom = sorted(
