@@ -14,7 +14,6 @@ inclusive MACs minus those of its direct children (ops written in its own ``forw
 from __future__ import annotations
 
 import contextlib
-
 from dataclasses import dataclass
 from typing import Any
 

@@ -194,9 +194,7 @@ def prune_(
     plan, skipped, counted = _apply_largest_working(
         model, removals, options, inputs, graph.output_shapes
     )
-    after = profile(
-        model, inputs, latency=measure_latency, memory=False, _counted=counted.result()
-    )
+    after = profile(model, inputs, latency=measure_latency, memory=False, _counted=counted.result())
     _logger.info(
         "pruned %s: params %d -> %d, MACs %d -> %d",
         type(model).__name__,
