@@ -22,7 +22,9 @@ def zero_removed(model: nn.Module, plan: PruningPlan) -> nn.Module:
     zero-contribution oracle.
     """
     zeroed = copy.deepcopy(model)
-    tensors = dict(zeroed.state_dict(keep_vars=True))
+    from torchslim.pruning._surgery import named_tensors
+
+    tensors = named_tensors(zeroed)
     with torch.no_grad():
         for name in plan.kept:
             t = tensors[name]

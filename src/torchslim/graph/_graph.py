@@ -140,8 +140,9 @@ class DependencyGraph:
     def tensors(self) -> dict[str, Any]:
         """Parameters and buffers of the traced model by fully qualified name (for criteria)."""
         if self._tensors is None:
-            self._tensors = dict(self.model.state_dict(keep_vars=True))
-            self._tensors.update(self.model.named_parameters())
+            from torchslim.pruning._surgery import named_tensors
+
+            self._tensors = named_tensors(self.model)
         return self._tensors
 
     def groups(self) -> list[Group]:
@@ -186,7 +187,7 @@ def trace(
             ``"head_dim"`` removes the same dimensions from every head.
     """
     from torchslim.pruning._layers import get_layer_pruner, is_library_module
-    from torchslim.pruning._surgery import tensor_owners
+    from torchslim.pruning._surgery import named_tensors, tensor_owners
 
     if attention not in ("heads", "head_dim"):
         from torchslim.errors import ConfigError
@@ -197,7 +198,7 @@ def trace(
     result = trace_ids(model, inputs, attention, _alongside)
     space = result.space
     owners = {name: found[0] for name, found in tensor_owners(model).items()}
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+    shapes = {name: tuple(t.shape) for name, t in named_tensors(model).items()}
     # dimensions that may not lose indices: by layer type, or because the user said so
     for name, dims in result.tensor_ids.items():
         mname, module, local = owners[name]

@@ -166,7 +166,9 @@ def plan_from_removals(
     """Build a plan from ``(group, channels to remove)`` pairs."""
     from torchslim.graph._factors import attribute_updates
 
-    shapes = {name: list(t.shape) for name, t in model.state_dict(keep_vars=True).items()}
+    from torchslim.pruning._surgery import named_tensors
+
+    shapes = {name: list(t.shape) for name, t in named_tensors(model).items()}
     removed: dict[str, dict[int, set[int]]] = {}
     removed_roots: set[int] = set()
     sites = []

@@ -82,6 +82,14 @@ def tensor_owners(model: nn.Module) -> dict[str, list[tuple[str, nn.Module, str]
     return out
 
 
+def named_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter and buffer by fully qualified name, non-persistent buffers included (they
+    are not in the state dict, but may have channel dimensions that pruning must slice)."""
+    return {
+        name: getattr(owners[0][1], owners[0][2]) for name, owners in tensor_owners(model).items()
+    }
+
+
 def _slice(t: torch.Tensor, dims: dict[int, list[int]]) -> torch.Tensor:
     for d, keep in sorted(dims.items()):
         t = t.index_select(d, torch.as_tensor(keep, dtype=torch.long, device=t.device))
