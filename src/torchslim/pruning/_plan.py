@@ -165,7 +165,6 @@ def plan_from_removals(
 ) -> PruningPlan:
     """Build a plan from ``(group, channels to remove)`` pairs."""
     from torchslim.graph._factors import attribute_updates
-
     from torchslim.pruning._surgery import named_tensors
 
     shapes = {name: list(t.shape) for name, t in named_tensors(model).items()}
