@@ -90,3 +90,17 @@ def test_human_formatting():
     assert ts.profiling.human(25_557_032) == "25.56 M"
     assert ts.profiling.human(4_089_184_256) == "4.09 G"
     assert ts.profiling.human(999) == "999"
+
+
+def test_a_parameter_passed_to_a_module_is_counted():
+    class Tokens(torch.nn.Module):  # timm's PiT and CaiT pass their class token to a module
+        def __init__(self):
+            super().__init__()
+            self.token = torch.nn.Parameter(torch.randn(1, 1, 8))
+            self.proj = torch.nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.proj(x) + self.proj(self.token)
+
+    p = ts.profile(Tokens(), torch.randn(2, 3, 8), latency=False, memory=False)
+    assert p.macs == 2 * 3 * 8 * 8 + 8 * 8

@@ -97,6 +97,27 @@ def _total_flops(counter: FlopCounterMode) -> int:
     return int(sum(counter.flop_counts["Global"].values()))
 
 
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's module tracker: we attribute MACs to modules with our own
+    hooks, and its tracker registers autograd hooks on module inputs that fail under ``no_grad``
+    when a parameter itself is passed to a module (timm's PiT and CaiT pass class tokens)."""
+
+    parents = ("Global",)
+
+    def __enter__(self) -> _GlobalOnly:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _flop_counter() -> FlopCounterMode:
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+    if hasattr(counter, "mod_tracker"):
+        counter.mod_tracker = _GlobalOnly()
+    return counter
+
+
 class MacCounter:
     """Counts MACs, in total and per module, of the forward passes run inside ``with``.
 
@@ -106,7 +127,7 @@ class MacCounter:
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.model = model
-        self.counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS)
+        self.counter = _flop_counter()
         self.names = {id(m): n for n, m in model.named_modules(remove_duplicate=True)}
         self.own: dict[str, int] = {}  # FLOPs of ops each module ran itself, outside its children
         self.calls: dict[str, int] = {}
