@@ -843,7 +843,12 @@ def sdpa(ctx, func, args, kwargs, out):
     lead = [_merge(ctx, [qd[i], kd[i], vd[i]]) for i in range(q.dim() - 2)]
     ctx.tie(qd[-1], kd[-1])
     ctx.tie(kd[-2], vd[-2])
-    for t in _tensors((args[3:], kwargs)):  # masks
+    for t in _tensors((args[3:], kwargs)):  # masks and biases, broadcast against the logits
+        md = ctx.dims(t)
+        offset = len(lead) - (t.dim() - 2)
+        for i in range(t.dim() - 2):
+            if offset + i >= 0 and t.shape[i] != 1:
+                lead[offset + i] = _merge(ctx, [lead[offset + i], md[i]])
         _pin_all(ctx, t)
     ctx.use(vd[-1])
     result = (*lead, qd[-2], vd[-1])
