@@ -237,3 +237,23 @@ def test_group_norm_loses_the_same_positions_in_every_group():
     ts.prune_(model, x, ratio=0.5)
     assert (model[1].num_groups, model[1].num_channels) == (2, 4)
     assert model(x).shape == (1, 4, 4, 4)
+
+
+def test_shape_tuple_attributes_follow_pruning():
+    class Scale(nn.Module):  # timm's Scale: a per-channel parameter viewed with a stored shape
+        def __init__(self, dim):
+            super().__init__()
+            self.shape = (dim, 1, 1)
+            self.scale = nn.Parameter(torch.rand(dim) + 0.5)
+
+        def forward(self, x):
+            return x * self.scale.view(self.shape)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), Scale(8), nn.Conv2d(8, 2, 1))
+    x = torch.randn(1, 3, 4, 4)
+    result = _prune_and_check_oracle(model, x)
+    assert model[1].shape == (4, 1, 1)
+    assert result.plan.attributes["1"] == {"shape": [[8, 1, 1], [4, 1, 1]]}
+    fresh = nn.Sequential(nn.Conv2d(3, 8, 1), Scale(8), nn.Conv2d(8, 2, 1))
+    ts.apply_plan(fresh, ts.PruningPlan.from_json(result.plan.to_json()))
+    assert fresh[1].shape == (4, 1, 1) and fresh(x).shape == (1, 2, 4, 4)

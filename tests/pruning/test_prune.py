@@ -25,6 +25,8 @@ SEPARABLE = [
     "multi_input",
     "dataclass_output",
     "demo_resnet",
+    "lstm",  # zeroed hidden units stay zero: every gate's pre-activation is 0
+    "gru",
 ]  # not "norms": group norm statistics mix the channels of a group, so zeroing is not removing
 
 

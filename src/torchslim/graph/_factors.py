@@ -161,6 +161,9 @@ class SizeSite:
     #: for a factor of a split: whether it is the innermost one (a per-head width, never a head
     #: count); None for other reshapes
     inner: bool | None = None
+    #: the reshape's requested shape and this dimension's position in it (a module may keep the
+    #: whole shape as an attribute: timm's ``Scale`` has ``shape = (dim, 1, 1)``)
+    shape: tuple[tuple[int, ...], int] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +175,9 @@ class AttributeSite:
     attribute: str
     value: int
     roots: np.ndarray
+    #: for a shape-tuple attribute: the whole tuple and the position of ``value`` in it
+    template: tuple[int, ...] | None = None
+    position: int = 0
 
     def new_value(self, removed: set[int]) -> int | None:
         if not removed:
@@ -239,24 +245,49 @@ def attribute_sites(sites: list[SizeSite], root: np.ndarray) -> list[AttributeSi
             if key not in seen:
                 seen.add(key)
                 found.append(AttributeSite(site.name, attr, v, use))
+        if site.shape is not None:
+            shape, position = site.shape
+            for attr, v in site.module.__dict__.items():
+                if (
+                    isinstance(v, (tuple, list))
+                    and all(type(e) is int for e in v)
+                    and tuple(v) == shape
+                    and shape[position] == n
+                ):
+                    found.append(AttributeSite(site.name, attr, n, roots, tuple(v), position))
     return found
 
 
 def attribute_updates(sites: list[AttributeSite], removed: set[int]) -> dict[str, dict[str, list]]:
     """``{module: {attribute: [old, new]}}`` for the attributes that change; attributes whose
     sites disagree are left alone (the pruned model's verification then tells)."""
-    proposals: dict[tuple[str, str], set[int | None]] = {}
-    old: dict[tuple[str, str], int] = {}
+    proposals: dict[tuple[str, str], set[Any]] = {}
+    old: dict[tuple[str, str], Any] = {}
     for s in sites:
         key = (s.module, s.attribute)
-        old[key] = s.value
-        proposals.setdefault(key, set()).add(s.new_value(removed))
+        new = s.new_value(removed)
+        if s.template is not None:
+            old[key] = list(s.template)
+            new = (
+                None
+                if new is None
+                else [*s.template[: s.position], new, *s.template[s.position + 1 :]]
+            )
+            new = None if new is None else tuple(new)
+        else:
+            old[key] = s.value
+        proposals.setdefault(key, set()).add(new)
     out: dict[str, dict[str, list]] = {}
     for (module, attr), news in sorted(proposals.items()):
-        if news == {old[(module, attr)]}:
+        before = old[(module, attr)]
+        if news == {tuple(before) if isinstance(before, list) else before}:
             continue
         if len(news) == 1 and None not in news:
-            out.setdefault(module, {})[attr] = [old[(module, attr)], news.pop()]
+            new = news.pop()
+            out.setdefault(module, {})[attr] = [
+                before,
+                list(new) if isinstance(new, tuple) else new,
+            ]
         else:
             _logger.debug("size attribute %s.%s: conflicting new values %s", module, attr, news)
     return out
@@ -292,3 +323,19 @@ def _mha(ctx: Any, module: nn.MultiheadAttention, args: tuple) -> None:
 
 
 _MODULE_RULES[nn.MultiheadAttention] = _mha
+
+
+def _rnn(ctx: Any, module: nn.RNNBase, args: tuple) -> None:
+    """One ``hidden_size`` for every layer and direction: their hidden units are tied by index."""
+    recurrent = [
+        getattr(module, n) for n in module._flat_weights_names if n.startswith("weight_hh")
+    ]
+    first = ctx.dims(recurrent[0])[1]
+    for w in recurrent[1:]:
+        ctx.tie(first, ctx.dims(w)[1])
+    if getattr(module, "proj_size", 0):
+        for w in recurrent:
+            ctx.pin(ctx.dims(w)[1])
+
+
+_MODULE_RULES[nn.RNNBase] = _rnn

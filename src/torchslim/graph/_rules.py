@@ -16,6 +16,7 @@ import torch
 
 from torchslim.graph._factors import (
     HEAD_WIDTH_ATTRIBUTES,
+    WIDTH_ATTRIBUTES,
     MergeRecord,
     SplitRecord,
     _int_attributes,
@@ -34,7 +35,9 @@ class Context(Protocol):
     def use(self, ids: np.ndarray | None) -> None: ...
     def fresh(self, n: int) -> np.ndarray: ...
     def record(self, rec: Any) -> None: ...
-    def site(self, ids: np.ndarray, auto: bool = False, inner: bool | None = None) -> None: ...
+    def site(
+        self, ids: np.ndarray, auto: bool = False, inner: bool | None = None, shape: Any = None
+    ) -> None: ...
     def input_width(self) -> np.ndarray | None: ...
 
 
@@ -226,7 +229,7 @@ def permute(ctx, func, args, kwargs, out):
     return tuple(dims[d] for d in order)
 
 
-@op_rule(aten.transpose)
+@op_rule(aten.transpose, aten.transpose_)
 def transpose(ctx, func, args, kwargs, out):
     dims = list(ctx.dims(args[0]))
     if not dims:
@@ -312,7 +315,7 @@ def select(ctx, func, args, kwargs, out):
     return tuple(dims)
 
 
-@op_rule(aten.split, aten.split_with_sizes)
+@op_rule(aten.split, aten.split_with_sizes, aten.unsafe_split, aten.unsafe_split_with_sizes)
 def split(ctx, func, args, kwargs, out):
     """Equal pieces (``chunk``) lose the same indices each: index ``i`` of every piece is one
     channel, so the pruned tensor still splits into equal pieces. Unequal pieces (literal sizes)
@@ -477,7 +480,7 @@ def view(ctx, func, args, kwargs, out):
             k = carriers[0]
             result[bj[k]] = small
             ctx.use(small)
-            ctx.site(small, auto[bj[k]])
+            ctx.site(small, auto[bj[k]], shape=(tuple(requested), bj[k]))
             continue
         factors = [ctx.fresh(grid.shape[k]) for k in carriers]
         for k, f in zip(carriers, factors, strict=True):
@@ -857,6 +860,48 @@ def sdpa(ctx, func, args, kwargs, out):
             result if i == 0 else (_none(o) if isinstance(o, torch.Tensor) else None)
             for i, o in enumerate(out)
         ]
+    return result
+
+
+@op_rule(aten.zeros, aten.ones, aten.full, aten.empty, aten.new_zeros, aten.new_ones)
+def factory(ctx, func, args, kwargs, out):
+    """A new tensor whose last dimension is sized by a width attribute of the module creating it
+    (an RNN's zero initial state, ``torch.zeros(b, self.hidden_size)``) may shrink with it: that
+    dimension gets fresh ids (and a size site), so what it meets is not pinned."""
+    if not isinstance(out, torch.Tensor) or not out.dim() or out.shape[-1] < 2:
+        return _outputs_none(out)
+    if out.shape[-1] not in _int_attributes(ctx.module, WIDTH_ATTRIBUTES):
+        return _none(out)
+    ids = ctx.fresh(out.shape[-1])
+    ctx.site(ids)
+    return (*([None] * (out.dim() - 1)), ids)
+
+
+@op_rule(aten.mkldnn_rnn_layer)
+def rnn_layer(ctx, func, args, kwargs, out):
+    """One layer and direction of an LSTM (CPU kernel): hidden unit ``h`` is row ``g*H + h`` of
+    every gate ``g`` of both weight matrices and biases, column ``h`` of the recurrent matrix, and
+    feature ``h`` of the output and the states."""
+    x, w_ih, w_hh = args[0], args[1], args[2]
+    biases = [b for b in args[3:5] if isinstance(b, torch.Tensor) and b.dim() == 1]
+    hidden = int(args[10])
+    gates = w_ih.shape[0] // hidden
+    units = ctx.dims(w_hh)[1]
+    ctx.tie(ctx.dims(x)[-1], ctx.dims(w_ih)[1])
+    for t in (w_ih, w_hh, *biases):
+        rows = ctx.dims(t)[0]
+        for g in range(gates):
+            ctx.tie(rows[g * hidden : (g + 1) * hidden], units)
+    for state in args[5:7]:
+        if isinstance(state, torch.Tensor) and ctx.dims(state)[-1] is not None:
+            ctx.tie(ctx.dims(state)[-1], units)
+    ctx.use(units)
+    result = []
+    for o in out:
+        if isinstance(o, torch.Tensor) and o.dim() and o.shape[-1] == hidden:
+            result.append((*([None] * (o.dim() - 1)), units))
+        else:
+            result.append(_none(o) if isinstance(o, torch.Tensor) else None)
     return result
 
 

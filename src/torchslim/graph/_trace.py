@@ -68,12 +68,14 @@ class _Tracer(TorchDispatchMode):
     def record(self, rec: Any) -> None:
         self.records.append(rec)
 
-    def site(self, ids: np.ndarray, auto: bool = False, inner: bool | None = None) -> None:
+    def site(
+        self, ids: np.ndarray, auto: bool = False, inner: bool | None = None, shape: Any = None
+    ) -> None:
         """A labelled dimension of a reshape's target shape: its size may come from an attribute
         of the module issuing the reshape (``num_heads``, ``hidden_dim``), which pruning updates."""
         module = self.module
         if module is not None and ids is not None and not auto:
-            self.sites.append(SizeSite(self.module_names[id(module)], module, ids, inner))
+            self.sites.append(SizeSite(self.module_names[id(module)], module, ids, inner, shape))
 
     def input_width(self) -> np.ndarray | None:
         """Ids of the last dimension of the running module's first tensor input."""

@@ -209,6 +209,24 @@ class MultiheadAttentionPruner(LayerPruner):
         module.head_dim = module.embed_dim // module.num_heads
 
 
+@register_layer_pruner(nn.RNNBase)
+class RecurrentPruner(LayerPruner):
+    """LSTM, GRU and RNN: hidden units (every gate's rows, the recurrent columns) and input
+    features. Tracing ties the hidden units of all layers and directions (one ``hidden_size``)."""
+
+    def prunable_dims(self, module: Any) -> dict[str, tuple[int, ...]]:
+        return {
+            name: (0, 1) if name.startswith("weight") else (0,)
+            for name in module._flat_weights_names
+        }
+
+    def update(self, module: Any, old_shapes):
+        if getattr(module, "proj_size", 0):
+            raise ConfigError("LSTMs with proj_size cannot be pruned yet")
+        module.hidden_size = module.weight_hh_l0.shape[1]
+        module.input_size = module.weight_ih_l0.shape[1]
+
+
 def tensor_of(module: nn.Module, name: str) -> torch.Tensor | None:
     if name in module._parameters:
         return module._parameters[name]

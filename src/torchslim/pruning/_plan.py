@@ -106,7 +106,7 @@ class PruningPlan:
                 for k, v in sorted(self.kept.items())
             },
             "attributes": {
-                m: {a: [int(x) for x in v] for a, v in sorted(d.items())}
+                m: {a: [_plain(x) for x in v] for a, v in sorted(d.items())}
                 for m, d in sorted(self.attributes.items())
             },
         }
@@ -128,7 +128,7 @@ class PruningPlan:
             options=dict(data.get("options", {})),
             torchslim_version=data.get("torchslim_version", "unknown"),
             attributes={
-                m: {a: [int(x) for x in v] for a, v in d.items()}
+                m: {a: [_plain(x) for x in v] for a, v in d.items()}
                 for m, d in data.get("attributes", {}).items()
             },
         )
@@ -158,6 +158,13 @@ class PruningPlan:
             for attr, (old, new) in sorted(attrs.items()):
                 lines.append(f"  {module or '(root)'}.{attr}: {old} -> {new}")
         return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    """An attribute value as JSON has it: an int, or a list of ints (shape tuples)."""
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return int(value)
 
 
 def plan_from_removals(

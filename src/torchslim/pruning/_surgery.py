@@ -173,7 +173,7 @@ def apply_plan(
     for mname, attrs in plan.attributes.items():
         for attr, (old, _new) in attrs.items():
             current = getattr(modules.get(mname), attr, None)
-            if current != old:
+            if (list(current) if isinstance(current, tuple) else current) != old:
                 raise PruningError(
                     f"the plan changes {mname or '(root)'}.{attr} from {old}, the model has "
                     f"{current}: apply plans to a fresh, unpruned model of the same architecture"
@@ -198,7 +198,8 @@ def apply_plan(
                 entry[2][local] = tuple(plan.shapes[name])
         for mname, attrs in plan.attributes.items():
             for attr, (_old, new) in attrs.items():
-                setattr(modules[mname], attr, new)
+                current = getattr(modules[mname], attr)
+                setattr(modules[mname], attr, tuple(new) if isinstance(current, tuple) else new)
         for mname, module, old_shapes in touched.values():
             pruner = get_layer_pruner(module)
             try:
