@@ -36,6 +36,11 @@ efficientvit_b0 fastvit_sa12 tiny_vit_5m_224 rdnet_tiny starnet_s1 vitamin_small
 hiera_tiny_224""".split()  # the 96 of benchmarks/zoo_coverage.py
 
 
+# Models with few heads: at ratio 0.5, 1 of 3 heads goes (crossvit_tiny, eva02_tiny), and PVT v2's
+# single-head first stage cannot lose one; they drop less than 40% of their prunable parameters.
+FEW_HEADS = {"crossvit_tiny_240": 0.3, "eva02_tiny_patch14_224": 0.3, "pvt_v2_b0": 0.3}
+
+
 def prunable_params(model, x) -> int:
     """Parameters in tensors that some group can shrink."""
     graph = ts.trace(model, x)
@@ -57,7 +62,7 @@ def test_prune_timm_model(name, tmp_path):
     with torch.no_grad():
         out = model(x)
     assert out.shape == shape
-    assert result.before.params - result.after.params >= 0.4 * prunable
+    assert result.before.params - result.after.params >= FEW_HEADS.get(name, 0.4) * prunable
     path = ts.save(model, tmp_path / "m")
     loaded = ts.load(path).eval()
     with torch.no_grad():

@@ -211,6 +211,8 @@ def trace(
             allowed = tuple(range(len(dims)))
         if ignore and matches_any(mname, ignore):
             allowed = ()
+        if local in getattr(module, "_non_persistent_buffers_set", ()):
+            allowed = ()  # derived state (tables, caches) the model may rebuild at any forward
         for d, ids in enumerate(dims):
             if d not in allowed:
                 space.pin(ids)
