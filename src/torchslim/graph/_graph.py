@@ -270,7 +270,7 @@ def trace(
         )
         channels.sort(key=lambda c: int(pieces[bounds[c]][0]))
         indices = [pieces[bounds[c] : bounds[c + 1]] for c in channels]
-        roots = np.array([piece_root[bounds[c]] for c in channels], dtype=np.int64)
+        roots = piece_root[channel_starts[np.asarray(channels, dtype=np.int64)]]
         groups.append(Group(graph, members, indices, roots))
     groups.sort(key=lambda g: order.get(g.members[0].tensor, 0))
     if result.unsupported:

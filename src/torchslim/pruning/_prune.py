@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +126,47 @@ def prune_(
         raise ConfigError(f"round_to must be >= 1, got {round_to}")
     if min_channels < 1:
         raise ConfigError(f"min_channels must be >= 1, got {min_channels}")
+    with _gc_paused():  # tracing allocates many small objects; a full collection mid-way is slow
+        return _prune(
+            model,
+            example_inputs,
+            ratio=ratio,
+            importance=importance,
+            ignore=ignore,
+            ratios=ratios,
+            global_ranking=global_ranking,
+            round_to=round_to,
+            min_channels=min_channels,
+            measure_latency=measure_latency,
+            attention=attention,
+        )
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _prune(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    ratio: float,
+    importance: str | Importance,
+    ignore: Iterable[str],
+    ratios: Mapping[str, float | None] | None,
+    global_ranking: bool,
+    round_to: int | None,
+    min_channels: int,
+    measure_latency: bool,
+    attention: str,
+) -> PruneResult:
     inputs = as_inputs(example_inputs)
     criterion = get_importance(importance)
     options = {
