@@ -41,15 +41,8 @@ hiera_tiny_224""".split()  # the 96 of benchmarks/zoo_coverage.py
 FEW_HEADS = {"crossvit_tiny_240": 0.3, "eva02_tiny_patch14_224": 0.3, "pvt_v2_b0": 0.3}
 
 
-def prunable_params(model, x) -> int:
-    """Parameters in tensors that some group can shrink."""
-    graph = ts.trace(model, x)
-    names = {m.tensor for g in graph.groups() for m in g.members}
-    return sum(t.numel() for n, t in graph.tensors.items() if n in names and t.requires_grad)
-
-
 @pytest.mark.parametrize("name", NAMES)
-def test_prune_timm_model(name, tmp_path):
+def test_prune_timm_model(name, tmp_path, prunable_params):
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     model = ts.load_model(f"timm:{name}").eval()

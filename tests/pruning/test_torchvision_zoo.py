@@ -45,15 +45,8 @@ def _size(name: str) -> int:
     return 96 if name == "inception_v3" else 64
 
 
-def prunable_params(model, x) -> int:
-    """Parameters in tensors that some group can shrink."""
-    graph = ts.trace(model, x)
-    names = {m.tensor for g in graph.groups() for m in g.members}
-    return sum(t.numel() for n, t in graph.tensors.items() if n in names and t.requires_grad)
-
-
 @pytest.mark.parametrize("name", NAMES)
-def test_prune_torchvision_model(name, tmp_path):
+def test_prune_torchvision_model(name, tmp_path, prunable_params):
     warnings.filterwarnings("ignore")
     kwargs = (
         {"init_weights": False, "aux_logits": False}

@@ -188,15 +188,16 @@ class AttributeSite:
         return kept * self.value // len(self.roots)
 
 
+def _int_attribute(module: nn.Module, name: str) -> int | None:
+    """The module's attribute ``name`` if it is a positive integer (a size), else None."""
+    v = module.__dict__.get(name)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
 def _int_attributes(module: nn.Module | None, names: frozenset[str]) -> list[int]:
     if module is None:
         return []
-    found = []
-    for name in names:
-        v = module.__dict__.get(name)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            found.append(v)
-    return found
+    return [v for v in (_int_attribute(module, name) for name in names) if v is not None]
 
 
 def _period(roots: np.ndarray) -> int:
@@ -228,8 +229,8 @@ def attribute_sites(sites: list[SizeSite], root: np.ndarray) -> list[AttributeSi
                 site.inner is False and attr in HEAD_WIDTH_ATTRIBUTES
             ):
                 continue
-            v = site.module.__dict__.get(attr)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            v = _int_attribute(site.module, attr)
+            if v is None:
                 continue
             if v == n and not (periodic and attr in WIDTH_ATTRIBUTES):
                 use = roots
@@ -266,16 +267,9 @@ def attribute_updates(sites: list[AttributeSite], removed: set[int]) -> dict[str
     for s in sites:
         key = (s.module, s.attribute)
         new = s.new_value(removed)
-        if s.template is not None:
-            old[key] = list(s.template)
-            new = (
-                None
-                if new is None
-                else [*s.template[: s.position], new, *s.template[s.position + 1 :]]
-            )
-            new = None if new is None else tuple(new)
-        else:
-            old[key] = s.value
+        old[key] = s.value if s.template is None else list(s.template)
+        if s.template is not None and new is not None:
+            new = (*s.template[: s.position], new, *s.template[s.position + 1 :])
         proposals.setdefault(key, set()).add(new)
     out: dict[str, dict[str, list]] = {}
     for (module, attr), news in sorted(proposals.items()):

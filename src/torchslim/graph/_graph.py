@@ -51,13 +51,13 @@ class Group:
         graph: DependencyGraph,
         members: tuple[Member, ...],
         indices: list[list[np.ndarray]],
-        roots: np.ndarray | None = None,
+        roots: np.ndarray,
     ) -> None:
         self.graph = graph
         self.members = members
         self.indices = indices  # [channel][member] -> index array
         # the channels' ids in the graph's label space (what size attributes are counted by)
-        self.roots = roots if roots is not None else np.full(len(indices), -1, dtype=np.int64)
+        self.roots = roots
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -187,7 +187,7 @@ def trace(
             ``"head_dim"`` removes the same dimensions from every head.
     """
     from torchslim.pruning._layers import get_layer_pruner, is_library_module
-    from torchslim.pruning._surgery import named_tensors, tensor_owners
+    from torchslim.pruning._surgery import tensor_owners
 
     if attention not in ("heads", "head_dim"):
         from torchslim.errors import ConfigError
@@ -198,7 +198,8 @@ def trace(
     result = trace_ids(model, inputs, attention, _alongside)
     space = result.space
     owners = {name: found[0] for name, found in tensor_owners(model).items()}
-    shapes = {name: tuple(t.shape) for name, t in named_tensors(model).items()}
+    tensors = {name: getattr(module, local) for name, (_, module, local) in owners.items()}
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     # dimensions that may not lose indices: by layer type, or because the user said so
     for name, dims in result.tensor_ids.items():
         mname, module, local = owners[name]
@@ -241,6 +242,7 @@ def trace(
         dict(result.unsupported),
         attribute_sites(result.sites, root),
     )
+    graph._tensors = tensors
     graph.output_shapes = [tuple(t.shape) for t in result.outputs]
     if not keys or not sum(len(i) for i in found_index):
         return graph

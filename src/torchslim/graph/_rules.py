@@ -512,18 +512,13 @@ def _tie_inner_width(ctx, ids: np.ndarray, factors: list[np.ndarray]) -> None:
 def _merge_view(ctx, dims, bi, bj, labelled, src_shape, out_shape, result, auto) -> None:
     """Several labelled source dimensions merged into one target dimension: record it."""
     wide = [k for k, n in enumerate(out_shape) if n > 1]
-    if len(wide) != 1:
+    if len(wide) != 1:  # merged into several target dimensions: keep them whole
         for i in labelled:
             ctx.pin(dims[i])
         return
     (k,) = wide
-    n = out_shape[k]
     position = np.indices(src_shape).reshape(len(bi), -1)  # source coordinates, in flat order
-    if position.shape[1] != n:
-        for i in labelled:
-            ctx.pin(dims[i])
-        return
-    merged = ctx.fresh(n)
+    merged = ctx.fresh(out_shape[k])
     sources = [dims[i] for i in labelled]
     coords = [position[bi.index(i)] for i in labelled]
     for v in sources:

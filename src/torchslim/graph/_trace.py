@@ -44,14 +44,11 @@ class TraceResult:
 
 
 class _Tracer(TorchDispatchMode):
-    def __init__(
-        self, space: LabelSpace, names: dict[int, str], modules: dict[int, str], attention: str
-    ) -> None:
+    def __init__(self, space: LabelSpace, names: dict[int, str], modules: dict[int, str]) -> None:
         super().__init__()
         self.space = space
         self.names = names
         self.module_names = modules
-        self.attention = attention
         self.labels = WeakTensorKeyDictionary()
         self.tensor_ids: dict[str, Dims] = {}
         self.unsupported: Counter = Counter()
@@ -190,7 +187,7 @@ def trace_ids(
         names.setdefault(id(b), name)
     modules = {id(m): name for name, m in model.named_modules()}
     space = LabelSpace()
-    tracer = _Tracer(space, names, modules, attention)
+    tracer = _Tracer(space, names, modules)
     pre = torch.nn.modules.module.register_module_forward_pre_hook(tracer._enter)
     post = torch.nn.modules.module.register_module_forward_hook(tracer._exit, always_call=True)
     try:
