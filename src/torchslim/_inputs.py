@@ -105,10 +105,12 @@ def as_inputs(example_inputs: Any) -> Inputs:
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Run the block with ``model`` in eval mode (no running-statistics updates, no dropout), then
     restore every module's own train/eval flag."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
+    flags = [(m, m.training) for m in model.modules()]
+    if any(flag for _, flag in flags):
+        model.eval()  # through train(False): subclasses may override it
     try:
         yield
     finally:
-        for m, flag in flags.items():
-            m.training = flag
+        for m, flag in flags:
+            if m.training != flag:
+                m.training = flag

@@ -44,23 +44,71 @@ class Group:
 
     A channel is the smallest removable unit: usually one index of every member, but e.g. one
     convolution channel flattened into a linear layer is ``H*W`` input features of that layer.
+
+    The indices are stored flat: the piece of member ``m`` for channel ``c`` is
+    ``index[start[c, m] : start[c, m] + length[c, m]]``.
     """
 
     def __init__(
         self,
         graph: DependencyGraph,
         members: tuple[Member, ...],
-        indices: list[list[np.ndarray]],
+        index: np.ndarray,
+        start: np.ndarray,
+        length: np.ndarray,
         roots: np.ndarray,
     ) -> None:
         self.graph = graph
         self.members = members
-        self.indices = indices  # [channel][member] -> index array
+        self._index = index
+        self._start = start  # (channels, members)
+        self._length = length
         # the channels' ids in the graph's label space (what size attributes are counted by)
         self.roots = roots
+        self._indices: list[list[np.ndarray]] | None = None
+
+    @classmethod
+    def from_indices(
+        cls,
+        graph: DependencyGraph,
+        members: tuple[Member, ...],
+        indices: list[list[np.ndarray]],
+        roots: np.ndarray,
+    ) -> Group:
+        """A group from ``indices[channel][member]`` index arrays."""
+        pieces = [np.asarray(p, dtype=np.int64) for channel in indices for p in channel]
+        length = np.array([len(p) for p in pieces], dtype=np.int64).reshape(len(indices), -1)
+        start = (np.cumsum(length) - length.ravel()).reshape(length.shape)
+        index = np.concatenate(pieces) if pieces else np.empty(0, np.int64)
+        return cls(graph, members, index, start, length, np.asarray(roots))
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self._start)
+
+    @property
+    def indices(self) -> list[list[np.ndarray]]:
+        """``indices[channel][member]``: the index array that member loses with that channel."""
+        if self._indices is None:
+            index, start, end = self._index, self._start.tolist(), (self._start + self._length)
+            self._indices = [
+                [index[a:b] for a, b in zip(row, ends, strict=True)]
+                for row, ends in zip(start, end.tolist(), strict=True)
+            ]
+        return self._indices
+
+    def member_pieces(self, k: int, channels: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Member ``k``'s indices for ``channels`` (default: all, in order), concatenated, and
+        the offset where each channel's piece starts: ``np.add.reduceat(x[flat], offsets)``
+        sums a per-index quantity ``x`` per channel."""
+        start, length = self._start[:, k], self._length[:, k]
+        if channels is not None:
+            chosen = np.asarray(channels, dtype=np.int64).reshape(-1)
+            start, length = start[chosen], length[chosen]
+        offsets = np.cumsum(length) - length
+        if len(length) and (length == 1).all():
+            return self._index[start], offsets
+        positions = np.repeat(start - offsets, length) + np.arange(int(length.sum()))
+        return self._index[positions], offsets
 
     @property
     def modules(self) -> list[str]:
@@ -69,12 +117,11 @@ class Group:
 
     def member_indices(self, channels: Iterable[int]) -> dict[tuple[str, int], np.ndarray]:
         """For the given channels, the indices each member loses."""
-        chosen = list(channels)
-        out = {}
-        for k, m in enumerate(self.members):
-            parts = [self.indices[c][k] for c in chosen]
-            out[(m.tensor, m.dim)] = np.sort(np.concatenate(parts)) if parts else np.empty(0, int)
-        return out
+        chosen = np.fromiter(channels, dtype=np.int64)
+        return {
+            (m.tensor, m.dim): np.sort(self.member_pieces(k, chosen)[0])
+            for k, m in enumerate(self.members)
+        }
 
     def prune(self, channels: Sequence[int]) -> Any:
         """Remove these channels (positions ``0..len(self)-1``) from the model, atomically.
@@ -103,7 +150,7 @@ class Group:
         rows = [("tensor", "module type", "dim", "size", "per channel")]
         for k, m in enumerate(self.members):
             size = self.graph.shapes[m.tensor][m.dim]
-            per = sorted({len(ch[k]) for ch in self.indices})
+            per = sorted(set(self._length[:, k].tolist()))
             rows.append((m.tensor, m.module_type, str(m.dim), str(size), "/".join(map(str, per))))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = [f"Group of {len(self)} channels"]
@@ -251,15 +298,14 @@ def trace(
     r_all, m_all, i_all = r_all[sort], m_all[sort], i_all[sort]
     # one piece per (channel, member): the indices that member loses with that channel
     starts = np.flatnonzero(np.r_[True, (r_all[1:] != r_all[:-1]) | (m_all[1:] != m_all[:-1])])
-    ends = [*starts[1:].tolist(), len(i_all)]
-    pieces = [i_all[a:b] for a, b in zip(starts.tolist(), ends, strict=True)]
+    lengths = np.diff(np.r_[starts, len(i_all)])
     piece_root, piece_member = r_all[starts], m_all[starts]
     channel_starts = np.flatnonzero(np.r_[True, piece_root[1:] != piece_root[:-1]])
-    bounds = [*channel_starts.tolist(), len(pieces)]
+    bounds = np.r_[channel_starts, len(starts)]
     # channels whose members are the same set of tensor dimensions form a group
     by_signature: dict[bytes, list[int]] = defaultdict(list)
-    for c in range(len(channel_starts)):
-        by_signature[piece_member[bounds[c] : bounds[c + 1]].tobytes()].append(c)
+    for c, (a, b) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True)):
+        by_signature[piece_member[a:b].tobytes()].append(c)
     for signature, channels in by_signature.items():
         if len(channels) < min_size:
             continue
@@ -270,10 +316,12 @@ def trace(
             )
             for m in member_ids
         )
-        channels.sort(key=lambda c: int(pieces[bounds[c]][0]))
-        indices = [pieces[bounds[c] : bounds[c + 1]] for c in channels]
-        roots = piece_root[channel_starts[np.asarray(channels, dtype=np.int64)]]
-        groups.append(Group(graph, members, indices, roots))
+        chosen = np.asarray(channels, dtype=np.int64)
+        # channels in the order of their first member's first index
+        chosen = chosen[np.argsort(i_all[starts[bounds[chosen]]], kind="stable")]
+        pieces = bounds[chosen][:, None] + np.arange(len(member_ids))[None, :]
+        roots = piece_root[channel_starts[chosen]]
+        groups.append(Group(graph, members, i_all, starts[pieces], lengths[pieces], roots))
     groups.sort(key=lambda g: order.get(g.members[0].tensor, 0))
     if result.unsupported:
         _logger.info("ops without a pruning rule (channels kept): %s", dict(result.unsupported))

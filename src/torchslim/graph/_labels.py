@@ -25,6 +25,10 @@ class LabelSpace:
         self._a: list[np.ndarray] = []
         self._b: list[np.ndarray] = []
         self._used: list[np.ndarray] = []
+        # components() is called once per split/merge record while they are resolved: keep the
+        # last solution and fold in only the ties added since (ties are only ever added)
+        self._parent: np.ndarray = np.zeros(1, dtype=np.int64)
+        self._solved = 0
 
     def fresh(self, n: int) -> np.ndarray:
         """``n`` new ids."""
@@ -66,21 +70,29 @@ class LabelSpace:
         return mask
 
     def components(self) -> np.ndarray:
-        """``root[id]``: the smallest id of each id's component (``PINNED`` for pinned ones)."""
-        parent = np.arange(self.size, dtype=np.int64)
-        if not self._a:
-            return parent
-        a = np.concatenate(self._a)
-        b = np.concatenate(self._b)
-        while True:  # hook roots onto the smaller root, then compress paths; O(log n) rounds
-            ra, rb = parent[a], parent[b]
-            if np.array_equal(ra, rb):
-                return parent
-            low = np.minimum(ra, rb)
-            np.minimum.at(parent, ra, low)
-            np.minimum.at(parent, rb, low)
-            while True:
-                grand = parent[parent]
-                if np.array_equal(grand, parent):
+        """``root[id]``: the smallest id of each id's component (``PINNED`` for pinned ones).
+
+        The returned array is read-only; it stays valid until the next tie."""
+        parent = self._parent
+        if len(parent) < self.size:
+            parent = np.concatenate([parent, np.arange(len(parent), self.size, dtype=np.int64)])
+        if self._solved < len(self._a):
+            a = np.concatenate(self._a[self._solved :])
+            b = np.concatenate(self._b[self._solved :])
+            parent = parent.copy()
+            while True:  # hook roots onto the smaller root, then compress paths; O(log n) rounds
+                ra, rb = parent[a], parent[b]
+                if np.array_equal(ra, rb):
                     break
-                parent = grand
+                low = np.minimum(ra, rb)
+                np.minimum.at(parent, ra, low)
+                np.minimum.at(parent, rb, low)
+                while True:
+                    grand = parent[parent]
+                    if np.array_equal(grand, parent):
+                        break
+                    parent = grand
+            self._solved = len(self._a)
+        parent.flags.writeable = False
+        self._parent = parent
+        return parent

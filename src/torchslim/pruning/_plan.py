@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import torchslim
@@ -175,23 +176,23 @@ def plan_from_removals(
     from torchslim.pruning._surgery import named_tensors
 
     shapes = {name: list(t.shape) for name, t in named_tensors(model).items()}
-    removed: dict[str, dict[int, set[int]]] = {}
+    removed: dict[str, dict[int, list[np.ndarray]]] = {}
     removed_roots: set[int] = set()
     sites = []
     for group, channels in removals:
         sites = group.graph.attributes
         if not len(channels):
             continue
-        removed_roots.update(int(group.roots[c]) for c in channels)
+        removed_roots.update(group.roots[np.asarray(channels, dtype=np.int64)].tolist())
         for (tensor, dim), idx in group.member_indices(channels).items():
-            removed.setdefault(tensor, {}).setdefault(dim, set()).update(map(int, idx))
-    kept = {
-        name: {
-            d: [i for i in range(shapes[name][d]) if i not in gone]
-            for d, gone in sorted(dims.items())
-        }
-        for name, dims in removed.items()
-    }
+            removed.setdefault(tensor, {}).setdefault(dim, []).append(idx)
+    kept = {}
+    for name, dims in removed.items():
+        kept[name] = {}
+        for d, gone in sorted(dims.items()):
+            keep = np.ones(shapes[name][d], dtype=bool)
+            keep[np.concatenate(gone)] = False
+            kept[name][d] = np.flatnonzero(keep).tolist()
     return PruningPlan(
         kept=kept,
         shapes={n: shapes[n] for n in kept},
