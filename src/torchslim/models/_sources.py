@@ -3,6 +3,8 @@
 - ``torchvision:resnet18``: a torchvision model, randomly initialised (no download).
 - ``timm:resnet50``: a timm model, randomly initialised.
 - ``torchslim:demo_resnet``: a built-in model (the demo model and the test zoo).
+- ``pretrained:mobilenet_v2``: a model with real pretrained weights shipped in an installed
+  package (see :mod:`torchslim.models._pretrained`).
 - ``path/to/file.py:factory``: a Python callable returning a model.
 - ``path/to/saved``: a model saved with :func:`torchslim.save`.
 
