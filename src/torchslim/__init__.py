@@ -44,6 +44,9 @@ _EXPORTS = {
     "register_importance": "torchslim.importance",
     "list_importances": "torchslim.importance",
     "recalibrate_bn": "torchslim.train",
+    "finetune": "torchslim.train",
+    "FinetuneConfig": "torchslim.train",
+    "FinetuneResult": "torchslim.train",
     "load_dataset": "torchslim.data",
     "list_datasets": "torchslim.data",
     "TorchSlimError": "torchslim.errors",
@@ -54,6 +57,7 @@ _EXPORTS = {
     "UnsupportedOpError": "torchslim.errors",
     "TracingError": "torchslim.errors",
     "PruningError": "torchslim.errors",
+    "CheckpointError": "torchslim.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -61,6 +65,7 @@ __all__ = ["__version__", *_EXPORTS]
 if TYPE_CHECKING:  # pragma: no cover
     from torchslim.data import list_datasets, load_dataset
     from torchslim.errors import (
+        CheckpointError,
         ConfigError,
         DatasetError,
         MissingExtraError,
@@ -92,7 +97,7 @@ if TYPE_CHECKING:  # pragma: no cover
         prune_,
         register_layer_pruner,
     )
-    from torchslim.train import recalibrate_bn
+    from torchslim.train import FinetuneConfig, FinetuneResult, finetune, recalibrate_bn
 
 
 def __getattr__(name: str) -> Any:

@@ -154,6 +154,68 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from torchslim._inputs import eval_mode
+    from torchslim.data import load_dataset
+    from torchslim.models import load_model, save
+    from torchslim.train import _distributed, finetune
+
+    out = Path(args.out)
+    if (out / "model").exists() and not args.overwrite:
+        raise ConfigError(f"{out / 'model'} exists; pass --overwrite or choose another --out")
+    gpu = _distributed.init_from_env()  # under torchrun: join the process group
+    model = load_model(args.model, **parse_kwargs(args.model_arg))
+    teacher = load_model(args.teacher) if args.teacher else None
+    options = parse_kwargs(args.dataset_arg)
+    train = load_dataset(args.dataset, "train", seed=args.seed, **options)
+    test = load_dataset(args.dataset, "test", seed=args.seed, **options)
+    x, _ = train[0]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x.unsqueeze(0))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{args.model} failed on {args.dataset} inputs of shape {tuple(x.shape)}: {first} "
+            "(choose a dataset the model fits, or set its shape with -d, e.g. -d shape=[3,32,32])"
+        ) from exc
+    torch.manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    result = finetune(
+        model,
+        DataLoader(train, batch_size=args.batch_size, shuffle=True, generator=generator),
+        teacher=teacher,
+        eval_data=DataLoader(test, batch_size=args.batch_size),
+        checkpoint_dir=args.checkpoint_dir,
+        resume=not args.restart,
+        device=args.device or gpu,
+        progress=not args.no_progress,
+        epochs=args.epochs,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        kd_alpha=args.kd_alpha,
+        kd_temperature=args.kd_temperature,
+        batches_per_epoch=args.batches_per_epoch,
+        checkpoint_every=args.checkpoint_every,
+    )
+    if _distributed.rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        saved = save(model, out / "model", overwrite=args.overwrite)
+        result.to_json(out / "finetune.json")
+        if result.resumed_from is not None:
+            print(f"resumed from the checkpoint at step {result.resumed_from}")
+        print(result.table())
+        print(f"\nwrote {saved} (safetensors + JSON) and {out / 'finetune.json'}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from torchslim._demo_job import DemoConfig, run_demo
 
@@ -237,6 +299,44 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument("--overwrite", action="store_true")
     r.set_defaults(func=_cmd_prune)
+
+    f = sub.add_parser(
+        "finetune",
+        help="fine-tune a (pruned) model, distilling from a teacher, with resumable checkpoints",
+        description="Fine-tune MODEL (e.g. a directory written by `torchslim prune`) on a "
+        "dataset, optionally distilling from --teacher (the unpruned model), and save it. "
+        "Under torchrun every process trains a share of each batch (DDP).",
+    )
+    f.add_argument("model", metavar="MODEL")
+    f.add_argument("-a", "--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    f.add_argument("--teacher", metavar="SPEC", help="model to distil from (the unpruned one)")
+    f.add_argument("--dataset", required=True, help="a dataset name (torchslim.list_datasets())")
+    f.add_argument(
+        "-d",
+        "--dataset-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option, e.g. -d num_samples=1000",
+    )
+    f.add_argument("--epochs", type=int, default=1)
+    f.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    f.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    f.add_argument("--weight-decay", type=float, default=1e-4)
+    f.add_argument("--warmup-steps", type=int, default=0)
+    f.add_argument("--kd-alpha", type=float, default=0.5, help="weight of distillation, 0..1")
+    f.add_argument("--kd-temperature", type=float, default=4.0)
+    f.add_argument("--batch-size", type=int, default=64, help="per process under torchrun")
+    f.add_argument("--batches-per-epoch", type=int, default=None)
+    f.add_argument("--checkpoint-dir", default=None, help="write (and resume from) checkpoints")
+    f.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS")
+    f.add_argument("--restart", action="store_true", help="ignore a checkpoint; start over")
+    f.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the model's)")
+    f.add_argument("--seed", type=int, default=0, help="seeds the split and the data order")
+    f.add_argument("--no-progress", action="store_true")
+    f.add_argument("--out", required=True, help="output directory")
+    f.add_argument("--overwrite", action="store_true")
+    f.set_defaults(func=_cmd_finetune)
 
     d = sub.add_parser("demo", help="the main job on the built-in example")
     d.add_argument("--epochs", type=int, default=2)

@@ -17,6 +17,7 @@ __all__ = [
     "UnsupportedOpError",
     "TracingError",
     "PruningError",
+    "CheckpointError",
 ]
 
 
@@ -50,3 +51,7 @@ class TracingError(TorchSlimError):
 
 class PruningError(TorchSlimError):
     """Pruning could not be applied; the model was restored exactly as it was."""
+
+
+class CheckpointError(TorchSlimError):
+    """A training checkpoint cannot be read, or does not fit the model or options resuming it."""
