@@ -7,7 +7,7 @@ import copy
 import gc
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from torchslim._patterns import first_match
 from torchslim.errors import ConfigError, PruningError
 from torchslim.graph import trace
 from torchslim.importance import Importance, get_importance
+from torchslim.importance._calibration import check_calibration
 from torchslim.profiling import Profile, profile
 from torchslim.profiling._counting import MacCounter
 from torchslim.pruning._plan import PruningPlan, plan_from_removals
@@ -92,6 +93,9 @@ def prune_(
     min_channels: int = 1,
     measure_latency: bool = False,
     attention: str = "heads",
+    calibration: Iterable[Any] | None = None,
+    calibration_batches: int | None = None,
+    loss_fn: Callable[..., Any] | None = None,
 ) -> PruneResult:
     """Structurally prune ``model`` in place: remove channels, so the model really shrinks.
 
@@ -104,7 +108,8 @@ def prune_(
         model: The model to prune.
         example_inputs: A tensor, a tuple of tensors, or a dict of keyword inputs.
         ratio: Fraction of each group's channels to remove.
-        importance: Criterion name (``"l2"``, ``"l1"``, ``"random"``, …) or instance.
+        importance: Criterion name (``"l2"``, ``"l1"``, ``"fpgm"``, ``"energy"``, …; see
+            ``ts.list_importances()``) or instance.
         ignore: Module-name patterns (exact, glob, ``re:``) to keep whole.
         ratios: Per-module ratios by pattern; the first pattern matching a group's module wins;
             ``None`` keeps the group whole.
@@ -115,6 +120,13 @@ def prune_(
         measure_latency: Also measure latency in the before/after profiles.
         attention: How attention widths shrink: ``"heads"`` removes whole heads (and updates
             ``num_heads``), ``"head_dim"`` removes the same dimensions from every head.
+        calibration: Data for data-driven criteria (``taylor``, ``activation``, ``hrank``,
+            ``energy``, ``lrp``): a DataLoader or any iterable of batches (``(inputs, targets)``
+            pairs, tensors, or keyword dicts). The model runs on it in eval mode and is left
+            exactly as it was.
+        calibration_batches: Use at most this many calibration batches (``None``: all).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` for gradient criteria (``taylor``);
+            default: cross-entropy on ``(inputs, targets)`` batches.
 
     Returns:
         A :class:`PruneResult` with the plan and before/after profiles.
@@ -126,6 +138,7 @@ def prune_(
         raise ConfigError(f"round_to must be >= 1, got {round_to}")
     if min_channels < 1:
         raise ConfigError(f"min_channels must be >= 1, got {min_channels}")
+    check_calibration(get_importance(importance), calibration, calibration_batches)
     with _gc_paused():  # tracing allocates many small objects; a full collection mid-way is slow
         return _prune(
             model,
@@ -139,6 +152,9 @@ def prune_(
             min_channels=min_channels,
             measure_latency=measure_latency,
             attention=attention,
+            calibration=calibration,
+            calibration_batches=calibration_batches,
+            loss_fn=loss_fn,
         )
 
 
@@ -166,6 +182,9 @@ def _prune(
     min_channels: int,
     measure_latency: bool,
     attention: str,
+    calibration: Iterable[Any] | None = None,
+    calibration_batches: int | None = None,
+    loss_fn: Callable[..., Any] | None = None,
 ) -> PruneResult:
     inputs = as_inputs(example_inputs)
     criterion = get_importance(importance)
@@ -181,6 +200,7 @@ def _prune(
     }
     counted = MacCounter(model)  # MACs before are counted while tracing: one forward pass less
     graph = trace(model, inputs, ignore=ignore, attention=attention, _alongside=counted)
+    criterion.prepare(graph, calibration, batches=calibration_batches, loss_fn=loss_fn)
     before = profile(
         model, inputs, latency=measure_latency, memory=False, _counted=counted.result()
     )
