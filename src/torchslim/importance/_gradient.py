@@ -113,9 +113,9 @@ class Taylor(Calibrated):
 
 
 def _per_index(w: torch.Tensor, grad: torch.Tensor | None, dim: int) -> torch.Tensor:
-    """``sum(w * grad)`` over every dimension but ``dim``, on the CPU in float64."""
+    """``sum(w * grad)`` over every dimension but ``dim`` (float32 on the device), on the CPU."""
     if grad is None:
         return torch.zeros(w.shape[dim], dtype=torch.float64)
-    prod = (w.detach() * grad).to(torch.float64)
+    prod = w.detach().float() * grad.float()
     others = [d for d in range(prod.dim()) if d != dim]
-    return (prod.sum(dim=others) if others else prod).cpu()
+    return (prod.sum(dim=others) if others else prod).cpu().to(torch.float64)

@@ -107,12 +107,15 @@ class FPGM(Combined):
     def _distances(self, group: Any, k: int, dim: int, t: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
             rows = t.detach().float().movedim(dim, 0).flatten(1)
-            taken = [torch.as_tensor(channel[k], dtype=torch.long) for channel in group.indices]
+            taken = [
+                torch.as_tensor(channel[k], dtype=torch.long, device=rows.device)
+                for channel in group.indices
+            ]
             if len({len(i) for i in taken}) == 1:  # one filter per channel
                 filters = rows[torch.stack(taken)].flatten(1)
-                return torch.cdist(filters, filters, p=self.p).sum(1).double().numpy()
+                return torch.cdist(filters, filters, p=self.p).sum(1).cpu().double().numpy()
             index = torch.cat(taken)  # channels of unequal widths: per index, summed
-            d = torch.cdist(rows[index], rows[index], p=self.p).sum(1).double().numpy()
+            d = torch.cdist(rows[index], rows[index], p=self.p).sum(1).cpu().double().numpy()
             starts = np.cumsum([0] + [len(i) for i in taken[:-1]])
             return np.add.reduceat(d, starts)
 
