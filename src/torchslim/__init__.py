@@ -100,7 +100,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from torchslim.train import FinetuneConfig, FinetuneResult, finetune, recalibrate_bn
 
 
+# subpackages reachable as attributes (``ts.importance.Energy``) without importing them up front
+_SUBPACKAGES = frozenset(
+    {"data", "graph", "importance", "models", "profiling", "pruning", "testing", "train"}
+)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        value = importlib.import_module(f"torchslim.{name}")
+        globals()[name] = value
+        return value
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'torchslim' has no attribute {name!r}")

@@ -110,9 +110,8 @@ def check_choice(what: str, value: Any, choices: Sequence[Any]) -> None:
 
 def per_channel(values: np.ndarray, group: Any, k: int) -> np.ndarray:
     """Sum ``values`` (one per index of member ``k``'s dimension) over each channel's indices."""
-    taken = [channel[k] for channel in group.indices]
-    starts = np.cumsum([0] + [len(t) for t in taken[:-1]])
-    return np.add.reduceat(values[np.concatenate(taken)], starts)
+    flat, offsets = group.member_pieces(k)
+    return np.add.reduceat(values[flat], offsets)
 
 
 def combine(per_layer: Sequence[np.ndarray], reduction: str, normalize: str | None) -> np.ndarray:
