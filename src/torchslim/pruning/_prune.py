@@ -24,6 +24,7 @@ from torchslim.profiling import Profile, profile
 from torchslim.profiling._counting import MacCounter
 from torchslim.pruning._plan import PruningPlan, plan_from_removals
 from torchslim.pruning._surgery import apply_plan
+from torchslim.pruning._targets import PlanCounter, resolve_target, search_count
 
 __all__ = ["PruneResult", "prune_"]
 
@@ -39,6 +40,8 @@ class PruneResult:
     before: Profile
     after: Profile
     skipped: tuple[tuple[tuple[str, ...], str], ...] = ()
+    #: with ``steps > 1``: each step's own result
+    steps: tuple[PruneResult, ...] = ()
 
     def table(self) -> str:
         """Before/after comparison of params, MACs and (where measured) latency."""
@@ -80,6 +83,39 @@ def _keep_count(n: int, ratio: float, round_to: int | None, min_channels: int) -
     return min(n, max(keep, min_channels))
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """The options of one :func:`prune_` call, checked."""
+
+    importance: str | Importance
+    ignore: tuple[str, ...]
+    ratios: Mapping[str, float | None]
+    global_ranking: bool
+    round_to: int | None
+    min_channels: int
+    max_ratio: float | None
+    measure_latency: bool
+    attention: str
+    calibration: Iterable[Any] | None
+    calibration_batches: int | None
+    loss_fn: Callable[..., Any] | None
+
+    def record(self, **more: Any) -> dict[str, Any]:
+        """The options as the plan records them (JSON)."""
+        importance = self.importance
+        return {
+            "importance": importance if isinstance(importance, str) else type(importance).__name__,
+            "ignore": list(self.ignore),
+            "ratios": dict(self.ratios),
+            "global_ranking": self.global_ranking,
+            "round_to": self.round_to,
+            "min_channels": self.min_channels,
+            "max_ratio": self.max_ratio,
+            "attention": self.attention,
+            **more,
+        }
+
+
 def prune_(
     model: nn.Module,
     example_inputs: Any,
@@ -91,6 +127,11 @@ def prune_(
     global_ranking: bool = False,
     round_to: int | None = None,
     min_channels: int = 1,
+    max_ratio: float | None = None,
+    target_macs: float | int | None = None,
+    target_params: float | int | None = None,
+    steps: int = 1,
+    callback: Callable[[int, nn.Module, PruneResult], Any] | None = None,
     measure_latency: bool = False,
     attention: str = "heads",
     calibration: Iterable[Any] | None = None,
@@ -102,34 +143,49 @@ def prune_(
     Coupled layers (residual adds, concatenations, depthwise convs, flatten into linear, …) are
     found by tracing the model on ``example_inputs``; every group of coupled dimensions loses the
     same channels, chosen by ``importance``. The model's outputs keep their shape (the final
-    classifier keeps its classes). All or nothing: on any failure the model is restored exactly.
+    classifier keeps its classes). All or nothing: on any failure the model is restored exactly
+    (with ``steps > 1``, to the end of the last step that succeeded).
 
     Args:
         model: The model to prune.
         example_inputs: A tensor, a tuple of tensors, or a dict of keyword inputs.
-        ratio: Fraction of each group's channels to remove.
+        ratio: Fraction of each group's channels to remove (with ``global_ranking``, of all
+            channels). Ignored when a target is given.
         importance: Criterion name (``"l2"``, ``"l1"``, ``"fpgm"``, ``"energy"``, …; see
             ``ts.list_importances()``) or instance.
         ignore: Module-name patterns (exact, glob, ``re:``) to keep whole.
         ratios: Per-module ratios by pattern; the first pattern matching a group's module wins;
-            ``None`` keeps the group whole.
-        global_ranking: Rank channels across groups (scores normalised per group) and remove the
-            lowest ``ratio`` of all channels, instead of ``ratio`` of each group.
+            ``None`` keeps the group whole. With a target, these groups keep their own ratio and
+            the others share the searched one.
+        global_ranking: Rank channels across groups (each group's scores divided by their mean
+            magnitude) and remove the lowest ``ratio`` of all channels, instead of ``ratio`` of
+            each group.
         round_to: Keep channel counts multiples of this (hardware-friendly widths).
         min_channels: Never keep fewer channels than this in a group.
+        max_ratio: Never remove more than this fraction of any group.
+        target_macs: Prune until the model has this many MACs: a float in (0, 1] is a fraction
+            of the original, an int an absolute count. Reached within 2%, measured by a forward
+            pass, not estimated.
+        target_params: The same for the parameter count. At most one target.
+        steps: Reach the ratio or target in this many steps (iterative pruning): each step
+            traces and scores the model again, and removes an equal share (geometric: the same
+            fraction of what is left).
+        callback: ``callback(step, model, step_result)`` after every step (``1..steps``), e.g. to
+            fine-tune before the next step scores the channels.
         measure_latency: Also measure latency in the before/after profiles.
         attention: How attention widths shrink: ``"heads"`` removes whole heads (and updates
             ``num_heads``), ``"head_dim"`` removes the same dimensions from every head.
         calibration: Data for data-driven criteria (``taylor``, ``activation``, ``hrank``,
             ``energy``, ``lrp``): a DataLoader or any iterable of batches (``(inputs, targets)``
             pairs, tensors, or keyword dicts). The model runs on it in eval mode and is left
-            exactly as it was.
+            exactly as it was. With ``steps > 1`` it must be re-iterable (a DataLoader or list).
         calibration_batches: Use at most this many calibration batches (``None``: all).
         loss_fn: ``loss_fn(outputs, targets) -> scalar`` for gradient criteria (``taylor``);
             default: cross-entropy on ``(inputs, targets)`` batches.
 
     Returns:
-        A :class:`PruneResult` with the plan and before/after profiles.
+        A :class:`PruneResult` with the plan (all steps composed) and the profiles before the
+        first and after the last step; ``steps`` holds each step's own result.
     """
     _check_ratio(ratio, "ratio")
     for pattern, value in (ratios or {}).items():
@@ -138,24 +194,81 @@ def prune_(
         raise ConfigError(f"round_to must be >= 1, got {round_to}")
     if min_channels < 1:
         raise ConfigError(f"min_channels must be >= 1, got {min_channels}")
-    check_calibration(get_importance(importance), calibration, calibration_batches)
-    with _gc_paused():  # tracing allocates many small objects; a full collection mid-way is slow
-        return _prune(
-            model,
-            example_inputs,
-            ratio=ratio,
-            importance=importance,
-            ignore=ignore,
-            ratios=ratios,
-            global_ranking=global_ranking,
-            round_to=round_to,
-            min_channels=min_channels,
-            measure_latency=measure_latency,
-            attention=attention,
-            calibration=calibration,
-            calibration_batches=calibration_batches,
-            loss_fn=loss_fn,
+    if max_ratio is not None and not (isinstance(max_ratio, (int, float)) and 0 < max_ratio < 1):
+        raise ConfigError(f"max_ratio must be a number in (0, 1) or None, got {max_ratio!r}")
+    if target_macs is not None and target_params is not None:
+        raise ConfigError("pass one of target_macs and target_params, not both")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
+    if callback is not None and not callable(callback):
+        raise ConfigError(f"callback must be callable, got {type(callback).__name__}")
+    if steps > 1 and calibration is not None and iter(calibration) is calibration:
+        raise ConfigError(
+            "with steps > 1 every step calibrates again: pass a DataLoader or a list as "
+            "calibration=, not a one-shot iterator"
         )
+    criterion = get_importance(importance)
+    check_calibration(criterion, calibration, calibration_batches)
+    settings = _Settings(
+        importance=importance,
+        ignore=tuple(ignore),
+        ratios=dict(ratios or {}),
+        global_ranking=global_ranking,
+        round_to=round_to,
+        min_channels=min_channels,
+        max_ratio=max_ratio,
+        measure_latency=measure_latency,
+        attention=attention,
+        calibration=calibration,
+        calibration_batches=calibration_batches,
+        loss_fn=loss_fn,
+    )
+    kind, value = (
+        ("macs", target_macs)
+        if target_macs is not None
+        else ("params", target_params)
+        if target_params is not None
+        else (None, None)
+    )
+    inputs = as_inputs(example_inputs)
+    results: list[PruneResult] = []
+    goal: int | None = None  # the final target, as an absolute count
+    for step in range(1, steps + 1):
+        with _gc_paused():  # tracing allocates many small objects; a full collection is slow
+            if kind is None:
+                step_ratio = 1 - (1 - ratio) ** (1 / steps)  # the same share of what is left
+                result = _prune(model, inputs, settings, get_importance(importance), step_ratio)
+            else:
+                result = _prune(
+                    model,
+                    inputs,
+                    settings,
+                    get_importance(importance),
+                    None,
+                    target=(kind, value, goal, step, steps),
+                    original=results[0].before if results else None,
+                )
+        if goal is None and kind is not None:
+            goal = resolve_target(value, _metric(result.before, kind), f"target_{kind}")
+        results.append(result)
+        if callback is not None:
+            callback(step, model, result)
+    if len(results) == 1:
+        return results[0]
+    plan = results[0].plan
+    for later in results[1:]:
+        plan = plan.then(later.plan)
+    return PruneResult(
+        plan=plan,
+        before=results[0].before,
+        after=results[-1].after,
+        skipped=tuple(s for r in results for s in r.skipped),
+        steps=tuple(results),
+    )
+
+
+def _metric(profile_: Profile, kind: str) -> int:
+    return int(profile_.macs if kind == "macs" else profile_.params)
 
 
 @contextlib.contextmanager
@@ -171,93 +284,61 @@ def _gc_paused() -> Iterator[None]:
 
 def _prune(
     model: nn.Module,
-    example_inputs: Any,
+    inputs: Any,
+    settings: _Settings,
+    criterion: Importance,
+    ratio: float | None,
     *,
-    ratio: float,
-    importance: str | Importance,
-    ignore: Iterable[str],
-    ratios: Mapping[str, float | None] | None,
-    global_ranking: bool,
-    round_to: int | None,
-    min_channels: int,
-    measure_latency: bool,
-    attention: str,
-    calibration: Iterable[Any] | None = None,
-    calibration_batches: int | None = None,
-    loss_fn: Callable[..., Any] | None = None,
+    target: tuple[str, Any, int | None, int, int] | None = None,
+    original: Profile | None = None,
 ) -> PruneResult:
-    inputs = as_inputs(example_inputs)
-    criterion = get_importance(importance)
-    options = {
-        "ratio": ratio,
-        "importance": importance if isinstance(importance, str) else type(importance).__name__,
-        "ignore": list(ignore),
-        "ratios": dict(ratios or {}),
-        "global_ranking": global_ranking,
-        "round_to": round_to,
-        "min_channels": min_channels,
-        "attention": attention,
-    }
+    """One step: trace, score, choose (by ``ratio``, or by searching for ``target``), apply."""
     counted = MacCounter(model)  # MACs before are counted while tracing: one forward pass less
-    graph = trace(model, inputs, ignore=ignore, attention=attention, _alongside=counted)
-    criterion.prepare(graph, calibration, batches=calibration_batches, loss_fn=loss_fn)
-    before = profile(
-        model, inputs, latency=measure_latency, memory=False, _counted=counted.result()
+    graph = trace(
+        model, inputs, ignore=settings.ignore, attention=settings.attention, _alongside=counted
     )
-
-    targets: list[tuple[Any, float]] = []
-    for group in graph.groups():
-        group_ratio = ratio
-        if ratios:
-            pattern = first_match(group.modules, ratios)
-            if pattern is not None:
-                group_ratio = ratios[pattern]
-        if group_ratio:
-            targets.append((group, group_ratio))
-
-    removals = []
-    if global_ranking and targets:
-        scored = []
-        for group, _ in targets:
-            s = np.asarray(criterion(group), dtype=float)
-            scored.append(s / (s.mean() + 1e-12))
-        total = sum(len(g) for g, _ in targets)
-        budget = int(math.floor(ratio * total))
-        pool = sorted((float(s[c]), gi, c) for gi, s in enumerate(scored) for c in range(len(s)))
-        chosen: dict[int, list[int]] = {gi: [] for gi in range(len(targets))}
-        for _, gi, c in pool:
-            if budget == 0:
-                break
-            group = targets[gi][0]
-            if len(group) - len(chosen[gi]) - 1 < min_channels:
-                continue
-            chosen[gi].append(c)
-            budget -= 1
-        for gi, channels in chosen.items():
-            group = targets[gi][0]
-            if round_to:  # give back channels so that the kept count is a multiple
-                keep = len(group) - len(channels)
-                extra = (-keep) % round_to
-                channels = sorted(channels, key=lambda c: -scored[gi][c])[extra:]
-            removals.append((group, sorted(channels)))
+    criterion.prepare(
+        graph, settings.calibration, batches=settings.calibration_batches, loss_fn=settings.loss_fn
+    )
+    before = profile(
+        model, inputs, latency=settings.measure_latency, memory=False, _counted=counted.result()
+    )
+    chooser = _Chooser(graph, settings, criterion)
+    if target is None:
+        assert ratio is not None
+        searched = ratio
+        removals = chooser.removals(ratio)
     else:
-        for group, group_ratio in targets:
-            keep = _keep_count(len(group), group_ratio, round_to, min_channels)
-            if keep >= len(group):
-                continue
-            scores = np.asarray(criterion(group), dtype=float)
-            if scores.shape != (len(group),):
-                raise ConfigError(
-                    f"importance {options['importance']!r} returned {scores.shape} scores for a "
-                    f"group of {len(group)} channels"
-                )
-            order = np.argsort(scores, kind="stable")
-            removals.append((group, sorted(order[: len(group) - keep].tolist())))
+        kind, value, goal, step, steps = target
+        first = original or before
+        if goal is None:
+            goal = resolve_target(value, _metric(first, kind), f"target_{kind}")
+        # this step's share of the way, geometric in the metric
+        step_goal = int(
+            round(_metric(first, kind) * (goal / _metric(first, kind)) ** (step / steps))
+        )
+        counter = PlanCounter(model, inputs, before.macs)
 
+        def measure(k: int) -> int:
+            plan = plan_from_removals(model, chooser.removals_at(k), {})
+            return counter.macs(plan) if kind == "macs" else counter.params(plan)
+
+        count, _ = search_count(
+            measure, step_goal, _metric(before, kind), upper=chooser.most, what=f"target_{kind}"
+        )
+        removals = chooser.removals_at(count)
+        searched = sum(len(c) for _, c in removals) / max(1, chooser.channels)
+    options = settings.record(
+        ratio=searched,
+        **({} if target is None else {f"target_{target[0]}": target[1]}),
+        **({} if target is None or target[4] == 1 else {"step": target[3], "steps": target[4]}),
+    )
     plan, skipped, counted = _apply_largest_working(
         model, removals, options, inputs, graph.output_shapes
     )
-    after = profile(model, inputs, latency=measure_latency, memory=False, _counted=counted.result())
+    after = profile(
+        model, inputs, latency=settings.measure_latency, memory=False, _counted=counted.result()
+    )
     _logger.info(
         "pruned %s: params %d -> %d, MACs %d -> %d",
         type(model).__name__,
@@ -267,6 +348,130 @@ def _prune(
         after.macs,
     )
     return PruneResult(plan=plan, before=before, after=after, skipped=tuple(skipped))
+
+
+_FREE = object()  # a group without its own ``ratios`` entry: it takes the shared ratio
+
+
+class _Chooser:
+    """Scores every group once; then, for any shared ratio, which channels each group loses."""
+
+    def __init__(self, graph: Any, settings: _Settings, criterion: Importance) -> None:
+        self.settings = settings
+        self.entries: list[tuple[Any, Any]] = []  # (group, own ratio or _FREE)
+        for group in graph.groups():
+            own: Any = _FREE
+            if settings.ratios:
+                pattern = first_match(group.modules, settings.ratios)
+                if pattern is not None:
+                    own = settings.ratios[pattern]
+            if own is _FREE or own:
+                self.entries.append((group, own))
+        name = settings.importance if isinstance(settings.importance, str) else None
+        self.scores = []
+        for group, _ in self.entries:
+            scores = np.asarray(criterion(group), dtype=float)
+            if scores.shape != (len(group),):
+                raise ConfigError(
+                    f"importance {name or type(criterion).__name__!r} returned {scores.shape} "
+                    f"scores for a group of {len(group)} channels"
+                )
+            self.scores.append(scores)
+        self.order = [np.argsort(s, kind="stable") for s in self.scores]
+        if settings.global_ranking and self.entries:
+            # scores divided by each group's mean magnitude, so that groups compare
+            normalised = [s / (np.abs(s).mean() + 1e-12) for s in self.scores]
+            flat = np.concatenate(normalised)
+            owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(normalised)])
+            channel = np.concatenate([np.arange(len(s)) for s in normalised])
+            rank = np.lexsort((channel, owner, flat))
+            self.pool = (owner[rank], channel[rank])
+            self.normalised = normalised
+
+        # for targets: removing one channel at a time, in a fixed order (see removals_at)
+        self.channels = sum(len(g) for g, _ in self.entries)
+        if settings.global_ranking:
+            self.most = sum(self._cap(len(g)) for g, _ in self.entries)
+        else:
+            events = []  # (share removed after it, group, count): the next allowed count
+            for gi, (group, own) in enumerate(self.entries):
+                if own is not _FREE:
+                    continue
+                n = len(group)
+                for count in range(1, self._cap(n) + 1):
+                    if settings.round_to and (n - count) % settings.round_to:
+                        continue
+                    events.append((count / n, gi, count))
+            events.sort()
+            self.events = events
+            self.most = len(events)
+
+    def _cap(self, n: int) -> int:
+        """The most channels a group of ``n`` may lose."""
+        s = self.settings
+        cap = n - s.min_channels
+        if s.max_ratio is not None:
+            cap = min(cap, int(math.floor(s.max_ratio * n + 1e-9)))
+        return max(cap, 0)
+
+    def removals(self, ratio: float) -> list[tuple[Any, list[int]]]:
+        s = self.settings
+        if s.global_ranking:
+            return self._global(int(math.floor(ratio * self.channels)))
+        out = []
+        for (group, own), order in zip(self.entries, self.order, strict=True):
+            r = ratio if own is _FREE else own
+            keep = _keep_count(len(group), r, s.round_to, s.min_channels)
+            keep = max(keep, len(group) - self._cap(len(group)))
+            if keep < len(group):
+                out.append((group, sorted(order[: len(group) - keep].tolist())))
+        return out
+
+    def removals_at(self, k: int) -> list[tuple[Any, list[int]]]:
+        """The first ``k`` single-channel removals: under global ranking the ``k`` lowest
+        channels overall; otherwise groups lose channels in turn, the group whose share removed
+        would stay lowest first (groups with their own ratio keep it)."""
+        if self.settings.global_ranking:
+            return self._global(k)
+        counts = {}
+        for _, gi, count in self.events[:k]:
+            counts[gi] = count
+        out = []
+        for gi, ((group, own), order) in enumerate(zip(self.entries, self.order, strict=True)):
+            if own is _FREE:
+                gone = counts.get(gi, 0)
+            else:
+                keep = _keep_count(
+                    len(group), own, self.settings.round_to, self.settings.min_channels
+                )
+                gone = min(len(group) - keep, self._cap(len(group)))
+            if gone:
+                out.append((group, sorted(order[:gone].tolist())))
+        return out
+
+    def _global(self, budget: int) -> list[tuple[Any, list[int]]]:
+        s = self.settings
+        if not self.entries:
+            return []
+        caps = [self._cap(len(g)) for g, _ in self.entries]
+        chosen: list[list[int]] = [[] for _ in self.entries]
+        owners, channels = self.pool
+        for gi, c in zip(owners.tolist(), channels.tolist(), strict=True):
+            if budget == 0:
+                break
+            if len(chosen[gi]) >= caps[gi]:
+                continue
+            chosen[gi].append(c)
+            budget -= 1
+        out = []
+        for gi, picked in enumerate(chosen):
+            group = self.entries[gi][0]
+            if s.round_to:  # give back channels so that the kept count is a multiple
+                extra = (-(len(group) - len(picked))) % s.round_to
+                picked = sorted(picked, key=lambda c: -self.normalised[gi][c])[extra:]
+            if picked:
+                out.append((group, sorted(picked)))
+        return out
 
 
 def _apply_largest_working(
