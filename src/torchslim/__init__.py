@@ -44,6 +44,9 @@ _EXPORTS = {
     "register_importance": "torchslim.importance",
     "list_importances": "torchslim.importance",
     "recalibrate_bn": "torchslim.train",
+    "decompose_": "torchslim.decompose",
+    "apply_decomposition": "torchslim.decompose",
+    "DecompositionPlan": "torchslim.decompose",
     "finetune": "torchslim.train",
     "FinetuneConfig": "torchslim.train",
     "FinetuneResult": "torchslim.train",
@@ -64,6 +67,7 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
     from torchslim.data import list_datasets, load_dataset
+    from torchslim.decompose import DecompositionPlan, apply_decomposition, decompose_
     from torchslim.errors import (
         CheckpointError,
         ConfigError,
@@ -102,7 +106,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # subpackages reachable as attributes (``ts.importance.Energy``) without importing them up front
 _SUBPACKAGES = frozenset(
-    {"data", "graph", "importance", "models", "profiling", "pruning", "testing", "train"}
+    {
+        "data",
+        "decompose",
+        "graph",
+        "importance",
+        "models",
+        "profiling",
+        "pruning",
+        "testing",
+        "train",
+    }
 )
 
 

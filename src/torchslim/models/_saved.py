@@ -3,7 +3,8 @@
 A saved model is a directory::
 
     model/
-      torchslim.json      format, version, the spec that rebuilds the architecture, metadata
+      torchslim.json      format, version, the spec that rebuilds the architecture, the pruning
+                          and decomposition plans that turn it into this model, metadata
       model.safetensors   the state dict (tied weights stored once)
 
 Nothing is pickled, so loading a saved model never executes code from the file. Rebuilding runs
@@ -27,7 +28,7 @@ from torchslim.errors import ModelSpecError
 __all__ = ["save", "load", "is_saved_model", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "torchslim.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: "transforms" (pruning and decomposition plans, in order); 1: "plan"
 _META = "torchslim.json"
 _WEIGHTS = "model.safetensors"
 
@@ -57,8 +58,9 @@ def save(
         source_kwargs: Constructor arguments for ``source`` (JSON-serialisable).
         metadata: Any JSON-serialisable extra information to store.
         plan: The :class:`~torchslim.PruningPlan` that turns the rebuilt architecture into this
-            (pruned) model; :func:`load` replays it before loading the weights. Defaults to the
-            plans torchslim applied to ``model`` in this process (all steps composed).
+            (pruned) model; :func:`load` replays it before loading the weights. Defaults to what
+            torchslim did to ``model`` in this process: its pruning plans (all steps composed)
+            and decompositions, in order.
         overwrite: Replace an existing saved model at ``path``.
 
     Returns:
@@ -66,12 +68,18 @@ def save(
     """
     from safetensors.torch import save_model
 
+    from torchslim.models._history import transforms
     from torchslim.models._sources import provenance
-    from torchslim.pruning._surgery import applied_plan
 
     path = Path(path)
-    if plan is None:
-        plan = applied_plan(model)
+    steps = transforms(model)
+    if plan is not None:
+        if any(kind != "prune" for kind, _ in steps):
+            raise ModelSpecError(
+                f"{type(model).__name__} was decomposed as well as pruned in this process: omit "
+                "plan= so that save records every step in order"
+            )
+        steps = [("prune", plan)]
     if source is None:
         known = provenance(model)
         if known is None:
@@ -94,7 +102,7 @@ def save(
         "source": source,
         "source_kwargs": source_kwargs or {},
         "metadata": metadata or {},
-        "plan": plan.to_dict() if plan is not None else None,
+        "transforms": [{"kind": kind, "plan": step.to_dict()} for kind, step in steps],
     }
     try:
         text = json.dumps(record, indent=2, sort_keys=True)
@@ -152,10 +160,23 @@ def load(
         )
     if model is None:
         model = load_model(record["source"], **record["source_kwargs"])
-    if record.get("plan"):
-        from torchslim.pruning import PruningPlan, apply_plan
+    steps = record.get("transforms")
+    if steps is None:  # format 1: one pruning plan
+        steps = [{"kind": "prune", "plan": record["plan"]}] if record.get("plan") else []
+    for step in steps:
+        if step["kind"] == "prune":
+            from torchslim.pruning import PruningPlan, apply_plan
 
-        apply_plan(model, PruningPlan.from_dict(record["plan"]))
+            apply_plan(model, PruningPlan.from_dict(step["plan"]))
+        elif step["kind"] == "decompose":
+            from torchslim.decompose import DecompositionPlan, apply_decomposition
+
+            apply_decomposition(model, DecompositionPlan.from_dict(step["plan"]))
+        else:
+            raise ModelSpecError(
+                f"{path / _META} records a step of kind {step['kind']!r}, which this torchslim "
+                "does not know: upgrade torchslim"
+            )
     from torchslim.models._sources import _PROVENANCE
 
     _PROVENANCE[model] = (record["source"], dict(record["source_kwargs"]))

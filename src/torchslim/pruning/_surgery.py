@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,13 +23,16 @@ from torchslim.pruning._plan import PruningPlan
 
 __all__ = ["apply_plan", "transaction", "applied_plan"]
 
-# model -> the plan that turned its unpruned architecture into it (composed over pruning steps)
-_APPLIED: weakref.WeakKeyDictionary[nn.Module, PruningPlan] = weakref.WeakKeyDictionary()
-
 
 def applied_plan(model: nn.Module) -> PruningPlan | None:
-    """The plan (all steps composed) that pruned ``model`` in this process, if any."""
-    return _APPLIED.get(model)
+    """The plan (all steps composed) that pruned ``model`` in this process, if pruning is all
+    torchslim did to it (see :func:`torchslim.models._history.transforms` for the rest)."""
+    from torchslim.models._history import transforms
+
+    done = transforms(model)
+    if len(done) == 1 and done[0][0] == "prune":
+        return done[0][1]
+    return None
 
 
 _logger = logging.getLogger(__name__)
@@ -245,6 +247,7 @@ def apply_plan(
                     f"pruning changed the output shapes from {reference} to {after}; the model was "
                     "restored"
                 )
-    previous = _APPLIED.get(model)
-    _APPLIED[model] = previous.then(plan) if previous is not None else plan
+    from torchslim.models._history import record_transform
+
+    record_transform(model, "prune", plan)
     return model
