@@ -74,6 +74,28 @@ def test_loss_decreases_and_accuracy_rises():
     assert "accuracy" in result.table()
 
 
+def test_regularizer_slims_batch_norm_scales():
+    """Network Slimming: the L1 penalty on batch-norm scales drives them down during training."""
+    from torchslim.importance import bn_sparsity_penalty
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(16, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10))
+
+    plain, slim = net(), net()
+    finetune(plain, loader(seed=0), epochs=4, lr=0.1, optimizer="sgd", weight_decay=0.0)
+    finetune(
+        slim,
+        loader(seed=0),
+        epochs=4,
+        lr=0.1,
+        optimizer="sgd",
+        weight_decay=0.0,
+        regularizer=lambda m: bn_sparsity_penalty(m, 0.1),
+    )
+    assert slim[1].weight.abs().sum() < 0.7 * plain[1].weight.abs().sum()
+
+
 def test_distillation_with_alpha_one_moves_the_student_to_the_teacher():
     student, teacher = mlp(seed=0, dropout=0.0), mlp(seed=1, dropout=0.0)
     x = torch.randn(256, 16, generator=torch.Generator().manual_seed(3))

@@ -148,8 +148,10 @@ class _Run:
         device: torch.device,
         progress: bool,
         checkpoint_dir: Path | None,
+        regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
     ) -> None:
         self.model, self.teacher, self.config, self.device = model, teacher, config, device
+        self.regularizer = regularizer
         self.train_data, self.eval_data = train_data, eval_data
         self.loss_fn: LossFn = loss_fn or F.cross_entropy
         self.alpha = config.kd_alpha if teacher is not None else 0.0
@@ -201,6 +203,8 @@ class _Run:
     def train_step(self, batch: Any) -> tuple[torch.Tensor, int]:
         inputs, targets = _split(batch, self.device)
         loss = self.loss(inputs, targets)
+        if self.regularizer is not None:
+            loss = loss + self.regularizer(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip is not None:
@@ -447,6 +451,7 @@ def finetune(
     teacher: nn.Module | None = None,
     eval_data: Iterable[Any] | None = None,
     loss_fn: LossFn | None = None,
+    regularizer: Callable[[nn.Module], torch.Tensor] | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,
     device: torch.device | str | None = None,
@@ -490,6 +495,9 @@ def finetune(
             and the task loss, under ``no_grad`` in eval mode).
         loss_fn: ``loss_fn(logits, targets) -> loss`` instead of cross-entropy for the label
             term (and the evaluation loss); the distillation term is added as usual.
+        regularizer: ``regularizer(model) -> scalar`` added to every training step's loss, e.g.
+            Network Slimming's sparsity penalty on batch-norm scales before ``bn_scale``
+            pruning: ``regularizer=lambda m: ts.importance.bn_sparsity_penalty(m, 1e-4)``.
         checkpoint_dir: Where to write checkpoints; ``None``: no checkpoints.
         resume: Continue from a checkpoint found in ``checkpoint_dir`` (see above).
         device: Where to train (default: the model's device); the teacher moves there too.
@@ -537,6 +545,7 @@ def finetune(
         device,
         progress,
         Path(checkpoint_dir) if checkpoint_dir is not None else None,
+        regularizer,
     )
     flags = {m: m.training for m in model.modules()}
     try:
