@@ -48,6 +48,8 @@ _EXPORTS = {
     "apply_decomposition": "torchslim.decompose",
     "DecompositionPlan": "torchslim.decompose",
     "finetune": "torchslim.train",
+    "export_onnx": "torchslim.export",
+    "ExportResult": "torchslim.export",
     "FinetuneConfig": "torchslim.train",
     "FinetuneResult": "torchslim.train",
     "load_dataset": "torchslim.data",
@@ -61,6 +63,7 @@ _EXPORTS = {
     "TracingError": "torchslim.errors",
     "PruningError": "torchslim.errors",
     "CheckpointError": "torchslim.errors",
+    "ExportError": "torchslim.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -72,6 +75,7 @@ if TYPE_CHECKING:  # pragma: no cover
         CheckpointError,
         ConfigError,
         DatasetError,
+        ExportError,
         MissingExtraError,
         ModelSpecError,
         PruningError,
@@ -79,6 +83,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TracingError,
         UnsupportedOpError,
     )
+    from torchslim.export import ExportResult, export_onnx
     from torchslim.graph import DependencyGraph, Group, trace
     from torchslim.importance import Importance, list_importances, register_importance
     from torchslim.models import load, load_model, register_model_source, save
@@ -109,6 +114,7 @@ _SUBPACKAGES = frozenset(
     {
         "data",
         "decompose",
+        "export",
         "graph",
         "importance",
         "models",

@@ -18,6 +18,7 @@ __all__ = [
     "TracingError",
     "PruningError",
     "CheckpointError",
+    "ExportError",
 ]
 
 
@@ -55,3 +56,8 @@ class PruningError(TorchSlimError):
 
 class CheckpointError(TorchSlimError):
     """A training checkpoint cannot be read, or does not fit the model or options resuming it."""
+
+
+class ExportError(TorchSlimError):
+    """A model could not be exported, or its exported graph does not compute what the model does;
+    the message names the output, the difference and the batch size."""
