@@ -216,6 +216,41 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from torchslim.export import export_onnx
+    from torchslim.models import load_model
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite or choose another --out")
+    inputs = _example_inputs(args.input_shape, args.input_dtype, args.model)
+    model = load_model(args.model, **parse_kwargs(args.model_arg))
+    try:
+        result = export_onnx(
+            model,
+            inputs,
+            out,
+            opset=args.opset,
+            dynamic_batch=not args.static_batch,
+            verify=not args.no_verify,
+            exporter=args.exporter,
+            rtol=args.rtol,
+            atol=args.atol,
+        )
+    except (RuntimeError, ValueError, TypeError) as exc:
+        if isinstance(exc, TorchSlimError):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{args.model} failed on inputs of shape {args.input_shape or 'default'}: {first} "
+            "(check --input-shape and --input-dtype)"
+        ) from exc
+    print(json.dumps(result.to_dict(), indent=2) if args.json else result)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from torchslim._demo_job import DemoConfig, run_demo
 
@@ -337,6 +372,28 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="output directory")
     f.add_argument("--overwrite", action="store_true")
     f.set_defaults(func=_cmd_finetune)
+
+    x = sub.add_parser(
+        "export",
+        help="export a model to ONNX, verified against PyTorch in ONNX Runtime",
+        description="Export MODEL (a spec or a directory saved by torchslim.save) to an ONNX "
+        "file, check it, and compare ONNX Runtime with eager PyTorch on the example inputs and "
+        "on random batches of other sizes; prints the largest difference per output.",
+    )
+    x.add_argument("model", metavar="MODEL_OR_SAVED")
+    x.add_argument("--input-shape", action="append", default=[], metavar="SHAPE")
+    x.add_argument("--input-dtype", default="float32", choices=_DTYPES)
+    x.add_argument("-a", "--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    x.add_argument("--out", required=True, help="the .onnx file to write")
+    x.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    x.add_argument("--exporter", default="auto", choices=("auto", "torchscript", "dynamo"))
+    x.add_argument("--static-batch", action="store_true", help="fix the batch size in the graph")
+    x.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime comparison")
+    x.add_argument("--rtol", type=float, default=1e-3, help="tolerance, relative to max |output|")
+    x.add_argument("--atol", type=float, default=1e-5)
+    x.add_argument("--json", action="store_true", help="print the result as JSON")
+    x.add_argument("--overwrite", action="store_true")
+    x.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("demo", help="the main job on the built-in example")
     d.add_argument("--epochs", type=int, default=2)
