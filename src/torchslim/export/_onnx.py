@@ -128,7 +128,9 @@ class ExportResult:
             sizes = ", ".join(str(c.batch_size) for c in self.checks if c.output == name)
             rows.append((name, f"{abs_.get(name, 0.0):.3g}", f"{rel.get(name, 0.0):.3g}", sizes))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines = [
+            "  ".join(f"{c:<{w}}" for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
