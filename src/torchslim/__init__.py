@@ -50,6 +50,8 @@ _EXPORTS = {
     "finetune": "torchslim.train",
     "export_onnx": "torchslim.export",
     "ExportResult": "torchslim.export",
+    "quantize_onnx": "torchslim.export",
+    "QuantizationResult": "torchslim.export",
     "FinetuneConfig": "torchslim.train",
     "FinetuneResult": "torchslim.train",
     "load_dataset": "torchslim.data",
@@ -83,7 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TracingError,
         UnsupportedOpError,
     )
-    from torchslim.export import ExportResult, export_onnx
+    from torchslim.export import ExportResult, QuantizationResult, export_onnx, quantize_onnx
     from torchslim.graph import DependencyGraph, Group, trace
     from torchslim.importance import Importance, list_importances, register_importance
     from torchslim.models import load, load_model, register_model_source, save

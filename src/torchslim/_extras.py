@@ -11,6 +11,7 @@ from torchslim.errors import MissingExtraError
 EXTRA_OF_MODULE = {
     "onnx": "onnx",
     "onnxruntime": "onnx",
+    "onnxscript": "onnx",
     "optuna": "search",
     "torchvision": "zoo",
     "timm": "zoo",

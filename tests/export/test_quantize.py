@@ -41,15 +41,7 @@ def digits(tmp_path_factory):
             optimizer.step()
     model.eval()
     path = tmp_path_factory.mktemp("onnx") / "digits.onnx"
-    torch.onnx.export(
-        model,
-        (torch.zeros(1, 1, 8, 8),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
+    ts.export_onnx(model, torch.zeros(1, 1, 8, 8), path, output_names=["logits"])
     return path, DataLoader(train, 64), DataLoader(test, 128)
 
 
