@@ -51,10 +51,12 @@ def test_demo_transfers_prunes_recovers_and_saves(tmp_path, capsys):
     assert figures["latency_ms"] > 0 and figures["pruned_latency_ms"] > 0
     assert figures["threads"] == 1
     # the printed story and the before/after table
-    for stage in ("1/5 data", "2/5 transfer", "3/5 prune", "4/5 recover", "5/5 before / after"):
+    stages = ("1/6 data", "2/6 transfer", "3/6 prune", "4/6 recover", "5/6 compare", "6/6 deploy")
+    for stage in (*stages, "summary: before / after"):
         assert stage in out
-    table = out.split("5/5 before / after")[1]
-    for row in ("test accuracy", "params", "MACs", "latency (ms, median, 1 thr)"):
+    table = out.split("summary: before / after")[1]
+    rows = ("test accuracy", "params", "MACs", "latency (ms, median, 1 thr)")
+    for row in (*rows, "ONNX Runtime latency (ms, 1 thr)"):
         assert row in table
     assert f"{figures['pruned_params']:,}" in table and f"{figures['macs']:,}" in table
     assert "stage timings:" in out and "total" in out
@@ -67,6 +69,15 @@ def test_demo_transfers_prunes_recovers_and_saves(tmp_path, capsys):
     assert sum(p.numel() for p in pruned.parameters()) == figures["pruned_params"]
     assert _accuracy(pruned, test) == pytest.approx(figures["finetuned_accuracy"])
     assert figures["reload_max_diff"] == 0.0
+    # deploy: the exported pruned model matches eager and was timed in ONNX Runtime
+    assert (tmp_path / "pruned.onnx").is_file() and figures["onnx_path"].endswith("pruned.onnx")
+    assert figures["onnx_max_abs_diff"] < 1e-3
+    assert figures["ort_latency_ms"] > 0 and figures["pruned_ort_latency_ms"] > 0
+    # channel counts rounded to multiples of 8 (ONNX Runtime's kernels are slow on other counts)
+    for module in pruned.modules():
+        if isinstance(module, torch.nn.Conv2d) and module.out_channels != 10:
+            assert module.out_channels % 8 == 0, module
+    assert "ONNX Runtime matches eager PyTorch" in out
     record = json.loads((tmp_path / "pruned" / "torchslim.json").read_text())
     assert record["source"] == "pretrained:mobilenet_v2"
     (plan,) = [t["plan"] for t in record["transforms"] if t["kind"] == "prune"]
@@ -92,6 +103,7 @@ def test_demo_transfers_prunes_recovers_and_saves(tmp_path, capsys):
         ("train_images", 5),
         ("threads", 0),
         ("calibration_batches", 0),
+        ("round_to", 0),
     ],
 )
 def test_config_validation(field, value):
