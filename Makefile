@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # torch and torchvision are pinned to the builds that lie on this kind of machine's disk.
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
-EXTRAS := dev,zoo,data,onnx
+EXTRAS := dev,zoo,data,onnx,search
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
 .PHONY: demo test lint venv clean

@@ -122,6 +122,7 @@ _SUBPACKAGES = frozenset(
         "models",
         "profiling",
         "pruning",
+        "search",
         "testing",
         "train",
     }
