@@ -17,10 +17,8 @@ fractions of that measured latency (0.5 and 0.3 by default). Methods:
   uniform rank ratio ``r`` searched the same way; grouped (depthwise) convolutions cannot be
   decomposed;
 - ``int8``: the base model's ONNX file quantized (static, QDQ, per-channel INT8 weights,
-  ``calibration_batches`` training batches, min-max) by ``ts.quantize_onnx``, or with
-  ``--int8-activations u8`` by ONNX Runtime's quantizer with UINT8 activations (the same steps;
-  ``ts.quantize_onnx`` always makes INT8 activations, which ONNX Runtime 1.32 does not fuse into
-  integer convolutions on x86, see docs/benchmarks.md). INT8 has no knob, so its row reports
+  ``calibration_batches`` training batches, min-max, UINT8 activations: the combination ONNX
+  Runtime's x86 integer kernels fuse) by ``ts.quantize_onnx``. INT8 has no knob, so its row reports
   where it lands (one row per model and seed, shown under every target);
 - ``prune+int8``: pruned to the amount whose INT8 file lands near the target (the search
   quantizes every candidate with one calibration batch: the scales do not change the kernels
@@ -126,7 +124,7 @@ class Budget:
     runs_per_round: int = 20  # timed runs per session and round
     round_to: str = "auto"  # channel and rank multiples tried in turn ("16,8,1"); auto: the CPU's
     int8_calibrate: str = "minmax"
-    int8_activations: str = "s8"  # s8: ts.quantize_onnx; u8: ONNX Runtime's quantizer, uint8
+    int8_activations: str = "uint8"  # ts.quantize_onnx(activations=...): uint8 or int8
 
     def base_budget(self) -> criteria.Budget:
         """criteria's budget for the base models (the cache key only depends on these)."""
@@ -372,48 +370,23 @@ class Bench(criteria.Bench):
 
     def quantize(self, path: Path, model: str, seed: int, batches: int) -> Path:
         """The INT8 file of ``path``: static, QDQ, per-channel INT8 weights, calibrated on the
-        first ``batches`` fixed batches. ``int8_activations="s8"``: ``ts.quantize_onnx`` (INT8
-        activations); ``"u8"``: the same steps with ONNX Runtime's quantizer and UINT8
-        activations, the combination its x86 kernels fuse (see docs/benchmarks.md)."""
+        first ``batches`` fixed batches, by ``ts.quantize_onnx`` with ``int8_activations``
+        (``uint8`` by default: the combination ONNX Runtime's x86 kernels fuse)."""
         s = self.settings
         out = path.with_name(path.stem + "-int8.onnx")
         calibration = self.fixed(model, seed)[:batches]
-        if s.int8_activations == "s8":
-            import torchslim as ts
+        import torchslim as ts
 
-            ts.quantize_onnx(
-                path,
-                calibration,
-                out,
-                calibrate=s.int8_calibrate,
-                batches=batches,
-                per_channel=True,
-                measure_latency=False,
-                threads=self.threads,
-            )
-            return out
-        from onnxruntime import quantization as q
-
-        class Reader(q.CalibrationDataReader):
-            def __init__(self) -> None:
-                self.batches = iter(calibration)
-
-            def get_next(self) -> dict | None:
-                batch = next(self.batches, None)
-                return None if batch is None else {"input": batch[0].numpy()}
-
-        prepared = path.with_name(path.stem + "-prepared.onnx")
-        q.shape_inference.quant_pre_process(str(path), str(prepared))
-        q.quantize_static(
-            str(prepared),
-            str(out),
-            Reader(),
-            quant_format=q.QuantFormat.QDQ,
+        ts.quantize_onnx(
+            path,
+            calibration,
+            out,
+            calibrate=s.int8_calibrate,
+            batches=batches,
             per_channel=True,
-            activation_type=q.QuantType.QUInt8,
-            weight_type=q.QuantType.QInt8,
-            calibrate_method={"minmax": q.CalibrationMethod.MinMax}[s.int8_calibrate],
-            extra_options={"ActivationSymmetric": False},
+            activations=s.int8_activations,
+            measure_latency=False,
+            threads=self.threads,
         )
         return out
 
@@ -955,9 +928,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--int8-activations",
-        choices=("s8", "u8"),
+        choices=("uint8", "int8"),
         default=None,
-        help="s8: ts.quantize_onnx (default); u8: ONNX Runtime's quantizer, uint8 activations",
+        help="activations of the INT8 files (ts.quantize_onnx); uint8 (default) is what ONNX "
+        "Runtime's x86 integer kernels fuse, int8 ran 1.4x slower than FP32",
     )
     parser.add_argument("--finetune-batches", type=int, default=None, help="KD fine-tune steps")
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test")
