@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torchslim.search._space import (
     Evaluator,
@@ -33,6 +33,65 @@ __all__ = [
     "get_evaluator",
     "list_evaluators",
 ]
+
+from torchslim.search._config import SearchConfig  # noqa: E402
+from torchslim.search._engine import Search, run_config, search  # noqa: E402
+from torchslim.search._proxies import (  # noqa: E402
+    get_proxy,
+    grad_norm,
+    list_proxies,
+    naswot,
+    prescreen,
+    register_proxy,
+    snip,
+    synflow,
+)
+from torchslim.search._result import SearchResult, TrialRecord  # noqa: E402
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torchslim.search._samplers import (
+        RegularizedEvolutionSampler,
+        get_sampler,
+        list_samplers,
+        register_sampler,
+    )
+
+__all__ += [
+    "search",
+    "Search",
+    "SearchResult",
+    "TrialRecord",
+    "SearchConfig",
+    "run_config",
+    "register_sampler",
+    "get_sampler",
+    "list_samplers",
+    "RegularizedEvolutionSampler",
+    "register_proxy",
+    "get_proxy",
+    "list_proxies",
+    "synflow",
+    "naswot",
+    "grad_norm",
+    "snip",
+    "prescreen",
+]
+
+# these need optuna, imported on first access so that `import torchslim.search` stays light
+_LAZY = {
+    name: "torchslim.search._samplers"
+    for name in ("register_sampler", "get_sampler", "list_samplers", "RegularizedEvolutionSampler")
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'torchslim.search' has no attribute {name!r}")
 
 
 class _CallableModule(types.ModuleType):

@@ -1,0 +1,159 @@
+"""Where a study lives: storage URLs resolved to Optuna storages, and trial heartbeats.
+
+``resolve_storage(None, None)`` keeps the study in memory; with a run directory it is the
+SQLite file ``run_dir/study.db``; any Optuna RDB URL (``sqlite:///``, ``postgresql://``) works.
+Every RDB storage gets Optuna's heartbeat (``heartbeat_interval``, ``grace_period``) and
+:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`, so the trial of a worker that died
+becomes FAILED and its parameters are queued again. Why SQLite and not a JournalStorage file,
+and why ``BEGIN IMMEDIATE``: see :mod:`torchslim.search._engine`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+from torchslim._extras import require
+from torchslim.errors import ConfigError, TorchSlimError
+
+__all__ = ["resolve_storage", "heartbeat_enabled", "Heartbeat", "safe_url"]
+
+_logger = logging.getLogger(__name__)
+
+
+def heartbeat_enabled(storage: Any) -> bool:
+    """The storage records heartbeats (an RDB storage with ``heartbeat_interval``)."""
+    return (
+        storage is not None
+        and hasattr(storage, "record_heartbeat")
+        and storage.get_heartbeat_interval() is not None
+    )
+
+
+class Heartbeat:
+    """Records a trial's heartbeat now and every ``interval`` seconds until stopped."""
+
+    def __init__(self, storage: Any, trial_id: int, interval: int) -> None:
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        storage.record_heartbeat(trial_id)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"torchslim-heartbeat-{trial_id}", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._storage.record_heartbeat(self._trial_id)
+            except Exception as exc:  # the next beat may get through
+                _logger.debug("heartbeat of trial id %d failed: %s", self._trial_id, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- storage -------------------------------------------------------------------------------------
+
+
+def resolve_storage(
+    storage: Any,
+    run_dir: str | Path | None,
+    *,
+    heartbeat_interval: int = 10,
+    grace_period: int | None = None,
+) -> Any:
+    """``None`` (in memory), ``run_dir/study.db``, a URL or ``.db`` path, or a storage object.
+
+    URLs become an ``optuna.storages.RDBStorage`` with heartbeats and retries of trials whose
+    worker died (see the module docstring).
+    """
+    if storage is None:
+        if run_dir is None:
+            return None
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        storage = Path(run_dir) / "study.db"
+    if isinstance(storage, os.PathLike) or (isinstance(storage, str) and "://" not in storage):
+        path = Path(storage)
+        if path.suffix not in (".db", ".sqlite", ".sqlite3"):
+            raise ConfigError(
+                f"bad storage {str(storage)!r}: give an Optuna storage URL "
+                "(sqlite:///path/study.db, postgresql://user@host/db) or a .db file path"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{path.resolve()}"
+    if isinstance(storage, str):
+        if storage.startswith("postgres://"):
+            storage = "postgresql://" + storage[len("postgres://") :]
+        return _rdb_storage(storage, heartbeat_interval, grace_period or 3 * heartbeat_interval)
+    import optuna
+
+    if isinstance(storage, optuna.storages.BaseStorage):
+        return storage
+    raise ConfigError(
+        f"bad storage {storage!r}: give None, an Optuna storage URL or an optuna storage object"
+    )
+
+
+def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
+    optuna = require("optuna", "ts.search storages")
+    sqlite = url.startswith("sqlite")
+    engine_kwargs: dict[str, Any] = (
+        {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=grace_period,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=3
+                ),
+            )
+    except ImportError as exc:
+        raise ConfigError(
+            f"storage {safe_url(url)} needs a database driver that is not installed ({exc}); "
+            "for PostgreSQL: pip install 'torchslim[search]' (psycopg2-binary)"
+        ) from exc
+    except Exception as exc:
+        if isinstance(exc, TorchSlimError):
+            raise
+        raise ConfigError(f"cannot open the storage {safe_url(url)}: {exc}") from exc
+    if sqlite:
+        _serialize_sqlite(storage.engine)
+    return storage
+
+
+def _serialize_sqlite(engine: Any) -> None:
+    """Every transaction takes SQLite's write lock at BEGIN (SQLAlchemy's documented recipe)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners existed
+
+
+def safe_url(storage: Any) -> str:
+    url = getattr(storage, "url", storage)
+    if storage is None:
+        return "memory"
+    text = str(url)
+    head, sep, tail = text.partition("://")
+    if sep and "@" in tail:
+        creds, _, host = tail.rpartition("@")
+        text = f"{head}://{creds.split(':')[0]}:***@{host}" if ":" in creds else text
+    return text
