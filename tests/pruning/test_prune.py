@@ -120,6 +120,42 @@ def test_global_ranking_removes_the_global_share():
     assert result.plan.options["global_ranking"] is True
 
 
+def test_group_ratios_choose_each_groups_own_ratio():
+    """A function of the group sets its ratio (a ``ratios`` pattern matches a group by any of
+    its modules, so a conv's name selects both its input and its output group)."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1))
+    x = torch.randn(1, 3, 4, 4)
+    own = {"0": 0.75, "1": None}  # by the group's first module: conv 0's and conv 1's outputs
+    result = ts.prune_(model, x, group_ratios=lambda g: own[g.modules[0]], round_to=None)
+    assert [m.out_channels for m in model] == [2, 8, 4]
+    assert model[1].in_channels == 2
+    assert result.plan.options["group_ratios"] == [["0", 0.75]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"target_macs": 0.5}, "cannot be combined"),
+        ({"global_ranking": True}, "cannot be combined"),
+        ({"steps": 2}, "cannot be combined"),
+        ({"group_ratios": {"0": 0.5}}, "must be callable"),
+    ],
+)
+def test_group_ratios_refuse_other_ways_of_choosing(kwargs, match):
+    kwargs.setdefault("group_ratios", lambda g: 0.5)
+    with pytest.raises(ConfigError, match=match):
+        ts.prune_(
+            nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1)), torch.randn(1, 3, 2, 2), **kwargs
+        )
+
+
+def test_group_ratios_are_checked():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 2, 1))
+    with pytest.raises(ConfigError, match="group_ratios"):
+        ts.prune_(model, torch.randn(1, 3, 2, 2), group_ratios=lambda g: 1.0)
+    assert model[0].out_channels == 8
+
+
 def test_min_channels_is_respected():
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 2, 1))
     ts.prune_(model, torch.randn(1, 3, 2, 2), ratio=0.9, min_channels=3)

@@ -99,6 +99,7 @@ class _Settings:
     calibration: Iterable[Any] | None
     calibration_batches: int | None
     loss_fn: Callable[..., Any] | None
+    group_ratios: Callable[[Any], float | None] | None = None
 
     def record(self, **more: Any) -> dict[str, Any]:
         """The options as the plan records them (JSON)."""
@@ -137,6 +138,7 @@ def prune_(
     calibration: Iterable[Any] | None = None,
     calibration_batches: int | None = None,
     loss_fn: Callable[..., Any] | None = None,
+    group_ratios: Callable[[Any], float | None] | None = None,
 ) -> PruneResult:
     """Structurally prune ``model`` in place: remove channels, so the model really shrinks.
 
@@ -182,6 +184,11 @@ def prune_(
         calibration_batches: Use at most this many calibration batches (``None``: all).
         loss_fn: ``loss_fn(outputs, targets) -> scalar`` for gradient criteria (``taylor``);
             default: cross-entropy on ``(inputs, targets)`` batches.
+        group_ratios: ``group_ratios(group) -> ratio or None`` decides every traced group's own
+            ratio (``None`` or 0 keeps it whole), instead of ``ratio`` and ``ratios``: for
+            callers that choose per group, such as a width search. Not with a target or
+            ``global_ranking`` or ``steps``. The plan's options record the ratios chosen, with
+            each group's first module.
 
     Returns:
         A :class:`PruneResult` with the plan (all steps composed) and the profiles before the
@@ -202,6 +209,16 @@ def prune_(
         raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
     if callback is not None and not callable(callback):
         raise ConfigError(f"callback must be callable, got {type(callback).__name__}")
+    if group_ratios is not None:
+        if not callable(group_ratios):
+            raise ConfigError(
+                f"group_ratios must be callable (group -> ratio), got {type(group_ratios).__name__}"
+            )
+        if target_macs is not None or target_params is not None or global_ranking or steps > 1:
+            raise ConfigError(
+                "group_ratios sets every group's ratio: it cannot be combined with target_macs, "
+                "target_params, global_ranking or steps > 1"
+            )
     if steps > 1 and calibration is not None and iter(calibration) is calibration:
         raise ConfigError(
             "with steps > 1 every step calibrates again: pass a DataLoader or a list as "
@@ -222,6 +239,7 @@ def prune_(
         calibration=calibration,
         calibration_batches=calibration_batches,
         loss_fn=loss_fn,
+        group_ratios=group_ratios,
     )
     kind, value = (
         ("macs", target_macs)
@@ -328,8 +346,12 @@ def _prune(
         )
         removals = chooser.removals_at(count)
         searched = sum(len(c) for _, c in removals) / max(1, chooser.channels)
+    if settings.group_ratios is not None:  # what the function chose, by the groups' first module
+        searched = sum(len(c) for _, c in removals) / max(1, chooser.channels)
+        chosen = [[g.modules[0], own] for g, own in chooser.entries]
     options = settings.record(
         ratio=searched,
+        **({} if settings.group_ratios is None else {"group_ratios": chosen}),
         **({} if target is None else {f"target_{target[0]}": target[1]}),
         **({} if target is None or target[4] == 1 else {"step": target[3], "steps": target[4]}),
     )
@@ -361,7 +383,10 @@ class _Chooser:
         self.entries: list[tuple[Any, Any]] = []  # (group, own ratio or _FREE)
         for group in graph.groups():
             own: Any = _FREE
-            if settings.ratios:
+            if settings.group_ratios is not None:
+                own = settings.group_ratios(group)
+                _check_ratio(own, f"group_ratios(group of {', '.join(group.modules[:2])})")
+            elif settings.ratios:
                 pattern = first_match(group.modules, settings.ratios)
                 if pattern is not None:
                     own = settings.ratios[pattern]
