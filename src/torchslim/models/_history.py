@@ -1,9 +1,11 @@
 """What torchslim did to a model in this process, in order, so that ``ts.save`` can record it.
 
-Each entry is ``(kind, plan)``: ``("prune", PruningPlan)`` or ``("decompose",
-DecompositionPlan)``. Consecutive pruning plans are composed into one (``PruningPlan.then``), so a
-model pruned in steps is stored as one plan; a decomposition in between starts a new entry, since
-the layers after it have new names.
+Each entry is ``(kind, plan)``: ``("prune", PruningPlan)``, ``("decompose",
+DecompositionPlan)`` or ``("remove_blocks", BlockRemovalPlan)`` (residual blocks replaced by
+``nn.Identity``, :func:`torchslim.search.remove_blocks_`). Consecutive pruning plans are
+composed into one (``PruningPlan.then``), so a model pruned in steps is stored as one plan; a
+decomposition or block removal in between starts a new entry, since the layers after it have new
+names or shapes.
 """
 
 from __future__ import annotations

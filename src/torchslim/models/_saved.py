@@ -3,8 +3,9 @@
 A saved model is a directory::
 
     model/
-      torchslim.json      format, version, the spec that rebuilds the architecture, the pruning
-                          and decomposition plans that turn it into this model, metadata
+      torchslim.json      format, version, the spec that rebuilds the architecture, the pruning,
+                          decomposition and block-removal plans that turn it into this model,
+                          metadata
       model.safetensors   the state dict (tied weights stored once)
 
 Nothing is pickled, so loading a saved model never executes code from the file. Rebuilding runs
@@ -172,6 +173,10 @@ def load(
             from torchslim.decompose import DecompositionPlan, apply_decomposition
 
             apply_decomposition(model, DecompositionPlan.from_dict(step["plan"]))
+        elif step["kind"] == "remove_blocks":
+            from torchslim.search._blocks import BlockRemovalPlan, apply_block_removal
+
+            apply_block_removal(model, BlockRemovalPlan.from_dict(step["plan"]))
         else:
             raise ModelSpecError(
                 f"{path / _META} records a step of kind {step['kind']!r}, which this torchslim "
