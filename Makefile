@@ -8,7 +8,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 EXTRAS := dev,zoo,data,onnx,search
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-postgres lint venv clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: $(STAMP)
 # so an empty or broken collection fails the run instead of passing silently.
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The search engine on a real PostgreSQL server (Debian: apt-get install postgresql); fails
+# rather than skips when the server's binaries are missing.
+test-postgres: $(STAMP)
+	TORCHSLIM_REQUIRE_POSTGRES=1 OMP_NUM_THREADS=2 $(PY) -m pytest -q tests/search/test_postgres.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

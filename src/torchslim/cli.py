@@ -359,6 +359,33 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from torchslim.search import SearchConfig, run_config
+
+    config = SearchConfig.load(args.config)
+    given = {
+        "storage": args.storage,
+        "budget": args.budget,
+        "workers": args.workers,
+        "study_name": args.study_name,
+        "seed": args.seed,
+    }
+    config = replace(config, **{k: v for k, v in given.items() if v is not None})
+    run_dir = Path(args.run_dir or Path("runs") / "search" / Path(args.config).stem)
+    result = run_config(
+        config, run_dir=run_dir, progress=not args.no_progress, quiet=not args.verbose
+    )
+    print(result.table())
+    print(
+        f"\n{len(result.trials)} completed trials, {len(result.pareto)} on the front; wrote "
+        f"pareto.json, pareto.csv, pareto.png, trials.csv and trials.json to {run_dir}"
+    )
+    return 0
+
+
 _IMPORTANCE_HELP = "criterion (default: l2): {criteria}"
 
 
@@ -571,6 +598,29 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo", help="where both models are saved")
     d.add_argument("--no-save", action="store_true", help="save nothing")
     d.set_defaults(func=_cmd_demo)
+
+    s = sub.add_parser(
+        "search",
+        help="architecture search from a YAML config; writes the Pareto front",
+        description="Run the search CONFIG.yaml describes (see ts.search.SearchConfig) until "
+        "its study holds BUDGET completed trials, then write pareto.json, pareto.csv, "
+        "pareto.png, trials.csv and trials.json to the run directory. Rerunning the same "
+        "command resumes the study; start it on several machines with one --storage "
+        "postgresql://... URL to share one study.",
+    )
+    s.add_argument("config", metavar="CONFIG.yaml")
+    s.add_argument(
+        "--storage",
+        metavar="URL",
+        help="Optuna storage URL (default: SQLite file study.db in the run directory)",
+    )
+    s.add_argument("--run-dir", metavar="DIR", help="default: runs/search/CONFIG_NAME")
+    s.add_argument("--budget", type=int, metavar="N", help="completed trials of the study")
+    s.add_argument("--workers", type=int, metavar="N", help="processes on this machine")
+    s.add_argument("--study-name", metavar="NAME", help="the study's name in its storage")
+    s.add_argument("--seed", type=int, metavar="N", help="sampler seed (one per worker)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_search)
     return parser
 
 

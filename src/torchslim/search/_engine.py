@@ -217,7 +217,9 @@ class Search:
 
     def ask(self) -> tuple[Any, dict[str, Any]]:
         """A new trial and its candidate's config (the trial is RUNNING until :meth:`tell`)."""
-        trial = self.study.ask()
+        with warnings.catch_warnings():  # Optuna warns that heartbeats are for optimize();
+            warnings.filterwarnings("ignore", "Heartbeat of storage")  # this class beats itself
+            trial = self.study.ask()
         self._start_heartbeat(trial)
         try:
             config = self.space.suggest(trial)

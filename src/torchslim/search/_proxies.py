@@ -115,7 +115,11 @@ def synflow(model: Any, inputs: Any, targets: Any = None) -> float:
         raise UnsupportedOpError("synflow needs a network with weights and tensor outputs")
     grads = torch.autograd.grad(total, weights, allow_unused=True)
     return float(
-        sum((w * g).abs().sum() for w, g in zip(weights, grads, strict=False) if g is not None)
+        sum(
+            (w.detach() * g).abs().sum()
+            for w, g in zip(weights, grads, strict=False)
+            if g is not None
+        )
     )
 
 
@@ -180,7 +184,11 @@ def snip(model: Any, inputs: Any, targets: Any = None) -> float:
     """SNIP: ``sum |theta * dL/dtheta|`` for the cross-entropy loss."""
     weights, grads = _loss_grads(model, inputs, targets)
     return float(
-        sum((w * g).abs().sum() for w, g in zip(weights, grads, strict=False) if g is not None)
+        sum(
+            (w.detach() * g).abs().sum()
+            for w, g in zip(weights, grads, strict=False)
+            if g is not None
+        )
     )
 
 

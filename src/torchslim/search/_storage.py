@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -88,8 +90,7 @@ def resolve_storage(
         path.parent.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{path.resolve()}"
     if isinstance(storage, str):
-        if storage.startswith("postgres://"):
-            storage = "postgresql://" + storage[len("postgres://") :]
+        storage = _postgres_driver(storage)
         return _rdb_storage(storage, heartbeat_interval, grace_period or 3 * heartbeat_interval)
     import optuna
 
@@ -100,6 +101,22 @@ def resolve_storage(
     )
 
 
+def _postgres_driver(url: str) -> str:
+    """``postgres://`` and ``postgresql://`` with the driver that is installed.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; the ``search`` extra installs
+    psycopg2, so without psycopg 3 the URL names ``postgresql+psycopg2`` explicitly.
+    """
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgres", "postgresql"):
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2"):
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"
+
+
 def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
     optuna = require("optuna", "ts.search storages")
     sqlite = url.startswith("sqlite")
@@ -107,17 +124,7 @@ def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
         {"connect_args": {"timeout": 60}} if sqlite else {"pool_pre_ping": True}
     )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=3
-                ),
-            )
+        storage = _create_rdb(optuna, url, engine_kwargs, heartbeat_interval, grace_period)
     except ImportError as exc:
         raise ConfigError(
             f"storage {safe_url(url)} needs a database driver that is not installed ({exc}); "
@@ -130,6 +137,36 @@ def _rdb_storage(url: str, heartbeat_interval: int, grace_period: int) -> Any:
     if sqlite:
         _serialize_sqlite(storage.engine)
     return storage
+
+
+def _create_rdb(
+    optuna: Any, url: str, engine_kwargs: dict, heartbeat_interval: int, grace_period: int
+) -> Any:
+    """An RDBStorage; retried when workers starting together race to create its tables."""
+    from sqlalchemy import exc as sql_errors
+
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=(
+                        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+                    ),
+                )
+        except (sql_errors.IntegrityError, sql_errors.ProgrammingError) as exc:
+            error: Exception = exc  # a row or table another process created meanwhile
+        except sql_errors.OperationalError as exc:
+            if "already exists" not in str(exc) and "locked" not in str(exc):
+                raise
+            error = exc
+        _logger.debug("creating the storage's tables raced with another process: %s", error)
+        time.sleep(0.1 * (attempt + 1) + random.random() * 0.2)
+    raise error
 
 
 def _serialize_sqlite(engine: Any) -> None:

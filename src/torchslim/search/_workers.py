@@ -62,7 +62,9 @@ def _worker_main(spec: dict[str, Any], rank: int, threads: int, log_level: int) 
     from torchslim.search._engine import Search
 
     torch.set_num_threads(threads)
-    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s[%(process)d]: %(message)s")
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    )
     spec = dict(spec)
     budget = spec.pop("budget")
     runner = Search(**spec, worker_rank=rank)
