@@ -34,6 +34,24 @@ __all__ = [
     "list_evaluators",
 ]
 
+from torchslim.search._blocks import (  # noqa: E402
+    BlockRemovalPlan,
+    apply_block_removal,
+    find_residual_blocks,
+    remove_blocks_,
+)
+from torchslim.search._width import WidthCandidate, WidthEvaluator, WidthSpace  # noqa: E402
+
+__all__ += [
+    "BlockRemovalPlan",
+    "apply_block_removal",
+    "find_residual_blocks",
+    "remove_blocks_",
+    "WidthSpace",
+    "WidthEvaluator",
+    "WidthCandidate",
+]
+
 from torchslim.search._config import SearchConfig  # noqa: E402
 from torchslim.search._engine import Search, run_config, search  # noqa: E402
 from torchslim.search._proxies import (  # noqa: E402
