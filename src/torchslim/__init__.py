@@ -66,6 +66,7 @@ _EXPORTS = {
     "PruningError": "torchslim.errors",
     "CheckpointError": "torchslim.errors",
     "ExportError": "torchslim.errors",
+    "LatencyTable": "torchslim.search",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -108,6 +109,7 @@ if TYPE_CHECKING:  # pragma: no cover
         prune_,
         register_layer_pruner,
     )
+    from torchslim.search import LatencyTable
     from torchslim.train import FinetuneConfig, FinetuneResult, finetune, recalibrate_bn
 
 

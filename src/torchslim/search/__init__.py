@@ -95,6 +95,11 @@ __all__ += [
     "prescreen",
 ]
 
+from torchslim.search._latency_model import LatencyCorrection, LatencyPrediction  # noqa: E402
+from torchslim.search._latency_table import LatencyTable  # noqa: E402
+
+__all__ += ["LatencyTable", "LatencyPrediction", "LatencyCorrection"]
+
 # these need optuna, imported on first access so that `import torchslim.search` stays light
 _LAZY = {
     name: "torchslim.search._samplers"
