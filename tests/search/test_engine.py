@@ -226,6 +226,41 @@ def test_sqlite_two_workers_kill_and_resume(tmp_path):
     check_kill_resume(result, budget=14)
 
 
+_POP = """
+import sys, warnings
+warnings.simplefilter("ignore")
+import optuna
+from torchslim.search._storage import resolve_storage
+study = optuna.load_study(study_name="pop", storage=resolve_storage(sys.argv[1], None))
+numbers = []
+for _ in range(10):
+    trial = study.ask()  # pops a WAITING trial
+    numbers.append(trial.number)
+    study.tell(trial, 0.0)  # raises if another process finished this trial already
+print(" ".join(map(str, numbers)))
+"""
+
+
+def test_sqlite_never_hands_one_waiting_trial_to_two_workers(tmp_path):
+    # Plain SQLite transactions let two processes both pop one enqueued trial (with 4
+    # processes and 60 trials, 8 to 18 were claimed twice); BEGIN IMMEDIATE serialises them.
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'pop.db'}"
+    study = optuna.create_study(study_name="pop", storage=url)
+    for i in range(30):
+        study.enqueue_trial({"x": float(i)})
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _POP, url], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outs = [p.communicate()[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    numbers = sorted(int(n) for out in outs for n in out.split())
+    assert numbers == list(range(30))
+
+
 def test_results_are_written_as_json_csv_and_png(tmp_path):
     result = ts.search(
         SPACE,

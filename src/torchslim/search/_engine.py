@@ -433,12 +433,15 @@ class Search:
         if self.storage is None:
             return False
         state = optuna.trial.TrialState
-        mine = self.study.get_trials(deepcopy=False)[trial.number]
+        trials = self.study.get_trials(deepcopy=False)
+        mine = trials[trial.number]
         key = (mine.datetime_start, mine.number)
         ahead = sum(
             (t.datetime_start, t.number) < key
-            for t in self.study.get_trials(deepcopy=False, states=(state.COMPLETE, state.RUNNING))
-            if t.datetime_start is not None and t.number != mine.number
+            for t in trials
+            if t.state in (state.COMPLETE, state.RUNNING)
+            and t.datetime_start is not None
+            and t.number != mine.number
         )
         return ahead >= budget
 
