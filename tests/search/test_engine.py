@@ -170,7 +170,7 @@ def test_ask_and_tell():
     assert runner.tell(trial, {"score": float("nan"), "cost": 1.0}) is None
     states = [t.state for t in runner.study.trials]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
-    assert runner.result().trials == [record]
+    assert runner.result().trials == [record] == runner.pareto()
 
 
 def test_resume_continues_to_the_budget_and_keeps_earlier_trials(tmp_path):
@@ -318,3 +318,22 @@ def test_storage_urls_and_paths(tmp_path):
         resolve_storage("runs/somewhere", None)
     with pytest.raises(ConfigError, match=r"cannot open the storage postgresql\S*://u:\*\*\*@"):
         resolve_storage("postgres://u:secret@127.0.0.1:1/db", None)
+
+
+def test_importing_the_search_package_does_not_import_optuna():
+    import subprocess
+    import sys
+
+    code = "import sys, torchslim.search; print('optuna' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_missing_optuna_names_the_extra(monkeypatch):
+    import sys
+
+    from torchslim.errors import MissingExtraError
+
+    monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` fail
+    with pytest.raises(MissingExtraError, match=r"pip install 'torchslim\[search\]'"):
+        Search(SPACE, objectives="score:max")

@@ -504,6 +504,10 @@ class Search:
             feasible=all(c <= 0.0 for c in frozen.constraints.values()),
         )
 
+    def pareto(self) -> list[TrialRecord]:
+        """The feasible non-dominated completed trials so far (one objective: the best)."""
+        return self.result().pareto
+
     def result(self, budget: int | None = None) -> SearchResult:
         """The completed trials and the feasible Pareto front, as records."""
         import optuna

@@ -143,8 +143,9 @@ def _panel(ax: Any, result: Any, objectives: list, a: int | None, b: int, front:
                 label = "trials" if feasible else "infeasible"
                 ax.scatter(*zip(*pts, strict=False), s=12, label=label, **style)
         pts = sorted((r.metrics[xm], r.metrics[ym]) for r in result.pareto)
-        if pts:
-            ax.plot(*zip(*pts, strict=False), "-o", c="tab:red", ms=5, label="Pareto front")
+        if pts:  # a line only when the front is 2-D: projections of a larger one are not
+            style = "-o" if len(objectives) == 2 else "o"
+            ax.plot(*zip(*pts, strict=False), style, c="tab:red", ms=5, label="Pareto front")
         ax.set_xlabel(_label(objectives[a]))
         ax.set_ylabel(_label(objectives[b]))
     if ax.get_legend_handles_labels()[0]:
