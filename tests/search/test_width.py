@@ -264,3 +264,52 @@ def test_the_built_in_example_config_fits_the_space_and_evaluator():
     inspect.signature(WidthSpace).bind(**config.space_options)
     evaluator = WidthEvaluator(**config.evaluator_options)
     assert {m for m, _ in (o.split(":") for o in config.objectives)} <= set(evaluator.metrics)
+
+
+def test_latency_can_be_predicted_by_a_latency_table(tmp_path):
+    pytest.importorskip("torchslim.search._latency_table")
+    space = _space(blocks=False)
+    evaluator = WidthEvaluator(
+        data=_digits(16), latency="table:eager", latency_cache=str(tmp_path / "table.json")
+    )
+    same = evaluator(space, {"keep": {}})
+    assert same["latency_ratio"] == 1.0  # an unchanged copy has the original's kernels
+    smaller = evaluator(space, {"keep": {g: 0.25 for g in space.groups}})
+    assert smaller["latency_ms"] > 0 and smaller["base_latency_ms"] == same["base_latency_ms"]
+    assert (tmp_path / "table.json").exists()
+
+
+def test_a_spec_is_trained_once_and_then_loaded_from_the_cache(tmp_path):
+    options = dict(
+        model="torchslim:demo_resnet",
+        model_options={"widths": [8, 16], "depths": [1, 1]},
+        data=_digits(),
+        batch_size=16,
+        train_epochs=1,
+        train_cache=str(tmp_path / "base"),
+        blocks=False,
+    )
+    torch.manual_seed(0)
+    first = WidthSpace(**options)
+    assert ts.models.is_saved_model(tmp_path / "base")
+    stamp = (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns
+    torch.manual_seed(1)  # a fresh build would differ: the cache must be what is used
+    again = WidthSpace(**options)
+    assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns == stamp
+    cached = again.model.state_dict()
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, cached[name]), name
+    torch.manual_seed(0)
+    untrained = ts.load_model("torchslim:demo_resnet", widths=[8, 16], depths=[1, 1])
+    assert not torch.equal(untrained.stem[0].weight, first.model.stem[0].weight)
+    longer = WidthSpace(**{**options, "train_epochs": 2})  # other settings: trained again
+    assert (tmp_path / "base" / "model.safetensors").stat().st_mtime_ns != stamp
+    assert not torch.equal(longer.model.stem[0].weight, first.model.stem[0].weight)
+
+
+def test_training_a_model_instance_leaves_the_callers_model_alone():
+    model = ts.load_model("torchslim:demo_resnet", widths=(8, 16), depths=(1, 1))
+    before = model.stem[0].weight.clone()
+    space = WidthSpace(model, data=_digits(), batch_size=16, train_epochs=1, blocks=False)
+    assert torch.equal(model.stem[0].weight, before)
+    assert not torch.equal(space.model.stem[0].weight, before)

@@ -17,7 +17,12 @@ to it; ``ts.save(model, path)`` records the block removal and the pruning plan, 
 ``ts.load(path)`` rebuilds it from the original's spec. From YAML the space takes plain options:
 ``model`` is a spec (``torchvision:resnet18``, a ``ts.save`` directory such as the demo's
 ``runs/demo/transfer``, …) and ``data`` a dataset name, and ``train_epochs`` trains an untrained
-spec first (cached in ``train_cache``), so an example runs from a clean checkout.
+spec first (cached in ``train_cache``), so an example runs from a clean checkout. A trial of a
+finished search becomes a model to fine-tune and export with::
+
+    space = ts.search.get_search_space("width", **options)  # the space options of the search
+    model, done = space.materialize(result.best("accuracy").config)
+    ts.save(model, "runs/search/demo/best")
 """
 
 from __future__ import annotations
@@ -327,8 +332,11 @@ class WidthSpace(SearchSpace):
         if isinstance(model, nn.Module):
             if model_options:
                 raise ConfigError("model_options apply to a model spec, not to a model instance")
-            net = model
-        elif isinstance(model, (str, Path)):
+            if not train_epochs:
+                return model
+            # trained as a copy: the caller's model stays as it was
+            return self._train(_copy(model), train_epochs, {**_TRAIN, **(train_options or {})})
+        if isinstance(model, (str, Path)):
             settings = {
                 "model": str(model),
                 "model_options": dict(model_options or {}),
@@ -353,14 +361,10 @@ class WidthSpace(SearchSpace):
                 if cache is not None:
                     meta = {"width_space_training": settings}
                     save(net, cache, metadata=meta, overwrite=True)
-        else:
-            raise ConfigError(
-                "model must be a torch.nn.Module or a model spec string, got "
-                f"{type(model).__name__}"
-            )
-        if train_epochs and isinstance(model, nn.Module):
-            net = self._train(net, train_epochs, {**_TRAIN, **(train_options or {})})
-        return net
+            return net
+        raise ConfigError(
+            f"model must be a torch.nn.Module or a model spec string, got {type(model).__name__}"
+        )
 
     def _train(self, net: nn.Module, epochs: int, options: Mapping[str, Any]) -> nn.Module:
         from torchslim.train import finetune
