@@ -13,8 +13,6 @@ from torchslim.errors import ConfigError
 from torchslim.search._width import WidthSpace
 from torchslim.search._width_eval import WidthEvaluator
 
-optuna = pytest.importorskip("optuna")
-
 
 def _space(**options) -> WidthSpace:
     model = ts.load_model("torchslim:demo_resnet", widths=(8, 16), depths=(2, 2)).eval()
@@ -34,6 +32,7 @@ def _conv(model, name) -> nn.Conv2d:
 
 
 def test_the_space_names_groups_and_blocks_and_suggests_full_configs():
+    optuna = pytest.importorskip("optuna")
     space = _space()
     assert space.groups[0] == "stem.0"  # named after the first module of the group
     assert space.blocks == ("stages.0.0", "stages.0.1", "stages.1.1")
@@ -52,6 +51,7 @@ def test_the_space_names_groups_and_blocks_and_suggests_full_configs():
 
 
 def test_share_ties_groups_to_one_parameter():
+    optuna = pytest.importorskip("optuna")
     space = _space(share="all", blocks=False)
     trial = optuna.create_study().ask()
     config = space.suggest(trial)
@@ -219,6 +219,7 @@ def test_the_evaluator_takes_the_spaces_dataset_by_name():
 
 
 def test_mobilenet_v2s_space_has_its_groups_and_ten_blocks():
+    optuna = pytest.importorskip("optuna")
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.mobilenet_v2(num_classes=10).eval()
     space = WidthSpace(model, torch.rand(1, 3, 32, 32), round_to=8)
@@ -232,6 +233,7 @@ def test_mobilenet_v2s_space_has_its_groups_and_ten_blocks():
 
 
 def test_a_search_runs_end_to_end_and_its_winner_deploys(tmp_path):
+    pytest.importorskip("optuna")
     space = _space(data=_digits(), batch_size=16, bn_batches=1)
     evaluator = WidthEvaluator(data=_digits(32, seed=1), rounds=1, runs=2, warmup=0)
     result = ts.search(
