@@ -337,3 +337,12 @@ def test_a_missing_optuna_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # makes `import optuna` fail
     with pytest.raises(MissingExtraError, match=r"pip install 'torchslim\[search\]'"):
         Search(SPACE, objectives="score:max")
+
+
+def test_a_seeded_worker_joining_running_workers_is_warned(tmp_path, caplog):
+    first = Search(SPACE, EVALUATOR, objectives="score:max", run_dir=tmp_path, seed=1)
+    trial, _ = first.ask()  # another worker is evaluating this one
+    second = Search(SPACE, EVALUATOR, objectives="score:max", run_dir=tmp_path, seed=1)
+    second._warn_shared_seed()
+    assert "same seed (1)" in caplog.text and "--seed" in caplog.text
+    first.tell(trial, {"score": 0.0, "cost": 0.0})

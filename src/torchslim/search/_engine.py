@@ -147,6 +147,7 @@ class Search:
         self.study = self._open_study(optuna)
         self._heartbeats: dict[int, Heartbeat] = {}
         self._last_error = ""
+        self._spawned = False  # True in the processes of run(workers=N), seeded seed + rank
 
     # --- set-up ------------------------------------------------------------------------------
 
@@ -365,8 +366,9 @@ class Search:
     def _loop(self, budget: int, *, progress: bool, max_failures: int = 10) -> None:
         from torchslim.search._workers import progress_bar
 
+        self._warn_shared_seed()
         bar = progress_bar(progress, budget)
-        failures, waiting = 0, False
+        failures, waiting_since = 0, None
         try:
             while True:
                 self._fail_stale()
@@ -375,12 +377,9 @@ class Search:
                 if complete >= budget:
                     break
                 if complete + running >= budget:  # the rest is in flight on other workers
-                    if not waiting:
-                        _logger.info("waiting for %d trial(s) of other workers", running)
-                    waiting = True
-                    time.sleep(min(1.0, self.heartbeat_interval / 2))
+                    waiting_since = self._wait(waiting_since, running)
                     continue
-                waiting = False
+                waiting_since = None
                 trial, config = self.ask()
                 if self._surplus(trial, budget):
                     self.fail(trial, "not run: the budget was reached by other workers")
@@ -390,11 +389,54 @@ class Search:
                 if failures >= max_failures:
                     raise TorchSlimError(
                         f"{failures} trials in a row failed; the last error: "
-                        f"{self._last_error} (see the "
-                        "log); fix the evaluator or space and rerun to resume"
+                        f"{self._last_error} (see the log); fix the evaluator or space and "
+                        "rerun to resume"
                     )
         finally:
             bar.close()
+
+    def _wait(self, since: float | None, running: int) -> float:
+        """Sleep while other workers finish the budget; say so, and say when it takes long."""
+        now = time.monotonic()
+        if since is None:
+            _logger.info("waiting for %d trial(s) of other workers", running)
+            since = now
+        limit = max(60.0, 4.0 * self.grace_period)
+        if now - since > limit and not getattr(self, "_warned_wait", False):
+            self._warned_wait = True
+            import optuna
+
+            numbers = [
+                t.number
+                for t in self.study.get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+                )
+            ]
+            _logger.warning(
+                "still waiting after %.0f s for trial(s) %s of other workers; a worker killed "
+                "before its first heartbeat leaves a trial Optuna never fails: if those workers "
+                "are gone, fail it with optuna.load_study(...).tell(NUMBER, state="
+                "TrialState.FAIL)",
+                now - since,
+                numbers,
+            )
+        time.sleep(min(1.0, self.heartbeat_interval / 2))
+        return since
+
+    def _warn_shared_seed(self) -> None:
+        """Workers started separately with one seed would draw the same candidates."""
+        if self.seed is None or self.storage is None or self._spawned:
+            return
+        import optuna
+
+        if self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            _logger.warning(
+                "other workers are running trials of study %r; if they use the same seed "
+                "(%d), they sample the same candidates: give each worker its own --seed, or "
+                "none",
+                self.study_name,
+                self.seed,
+            )
 
     def _evaluate(self, trial: Any, config: dict[str, Any]) -> bool:
         try:

@@ -68,6 +68,7 @@ def _worker_main(spec: dict[str, Any], rank: int, threads: int, log_level: int) 
     spec = dict(spec)
     budget = spec.pop("budget")
     runner = Search(**spec, worker_rank=rank)
+    runner._spawned = True
     runner._loop(budget, progress=False)
 
 
