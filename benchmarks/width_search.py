@@ -87,6 +87,11 @@ class Budget(methods.Budget):
             + (f"-trialft{self.search_finetune}" if self.search_finetune else "")
         )
 
+    def uniform_tag(self) -> str:
+        """The settings the uniform baseline depends on (not the search's): a run with other
+        search settings reuses its rows."""
+        return methods.Budget.tag(self) + f"-val{self.val_samples}"
+
 
 QUICK = {**methods.QUICK, "trials": 6}
 
@@ -282,8 +287,9 @@ def _best_uniform(trials: list, space: Any, target: float) -> float | None:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def config_key(row: dict) -> tuple:
-    return tuple(row.get(k) for k in ("kind", "budget", "model", "target", "seed", "method"))
+def config_key(row: dict, budget: str = "budget") -> tuple:
+    keys = (budget, "model", "target", "seed", "method", "criterion")
+    return (row.get("kind"), *(row.get(k) for k in keys))
 
 
 def run(args: argparse.Namespace, budget: Budget) -> None:
@@ -295,8 +301,11 @@ def run(args: argparse.Namespace, budget: Budget) -> None:
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    done = {config_key(r): r for r in criteria.read_rows(args.out)}
+    rows = criteria.read_rows(args.out)
+    done = {config_key(r): r for r in rows}
+    uniform = {config_key(r, "uniform_budget"): r for r in rows if r.get("ok")}
     stamp = {"budget": budget.tag(), "commit": criteria.commit(), "threads": args.threads}
+    stamp["uniform_budget"] = budget.uniform_tag()
     if args.criterion == "best":
         chosen = methods.best_criteria(args.criteria_out, args.models)
     else:
@@ -317,6 +326,10 @@ def run(args: argparse.Namespace, budget: Budget) -> None:
                 row.update(method=method, criterion=name, criterion_source=why)
                 old = done.get(config_key(row))
                 if old is not None and (old.get("ok") or not args.retry_failed):
+                    continue
+                same = uniform.get(config_key(row, "uniform_budget"))
+                if method == "uniform" and same is not None:  # other search settings only
+                    record({**same, "budget": row["budget"], "reused_from": same["budget"]})
                     continue
                 print(f"[{model} seed {seed} x{target:g}] {method} ({name})", file=sys.stderr)
                 try:
