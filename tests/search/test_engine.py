@@ -197,6 +197,9 @@ def test_another_search_under_an_existing_study_name_is_a_config_error(tmp_path)
 def test_workers_need_a_shared_storage():
     with pytest.raises(ConfigError, match="workers=2 need a storage"):
         ts.search(SPACE, EVALUATOR, objectives="score:max", budget=4, workers=2, progress=False)
+    with pytest.raises(ConfigError, match="workers=3 need a storage"):
+        storage = optuna.storages.InMemoryStorage()
+        Search(SPACE, EVALUATOR, objectives="score:max", storage=storage).run(4, workers=3)
 
 
 def test_two_local_workers_share_one_study(tmp_path):

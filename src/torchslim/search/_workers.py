@@ -74,7 +74,9 @@ def _worker_main(spec: dict[str, Any], rank: int, threads: int, log_level: int) 
 
 def run_workers(search: Any, budget: int, workers: int, *, progress: bool = True) -> None:
     """Run ``workers`` processes on ``search``'s study until it holds ``budget`` trials."""
-    if search.storage is None:
+    import optuna
+
+    if search.storage is None or isinstance(search.storage, optuna.storages.InMemoryStorage):
         raise ConfigError(
             f"workers={workers} need a storage the processes share: give run_dir=... (an "
             "SQLite file there) or storage='sqlite:///path/study.db' or 'postgresql://...'"
