@@ -325,11 +325,47 @@ def test_evaluator_predicts_latency_with_the_latency_table(tmp_path):
     assert evaluator.latency_table().measured_kernels == kernels_timed
 
 
+@needs_table
+def test_latency_correction_is_fitted_once_and_shared_through_the_cache(tmp_path, monkeypatch):
+    from torchslim.search import LatencyTable
+    from torchslim.search._nas201_eval import calibration_archs
+
+    archs = calibration_archs(8)
+    assert archs[:5] == [format_arch([op] * 6) for op in NAS201_OPS]
+    assert len(set(archs)) == 8 and archs == calibration_archs(8)
+    options = dict(
+        latency=True,
+        calibrate=6,
+        threads=1,
+        latency_cache=str(tmp_path / "latency.json"),
+        kernel_cache=str(tmp_path / "kernels.json"),
+        rounds=1,
+        runs=3,
+    )
+    first = NasBench201TableEvaluator(**options)
+    value = first.latency_of(EXAMPLE)
+    assert first.latency_table().correction is not None
+    stored = json.loads((tmp_path / "latency.json").read_text())
+    (correction,) = [k for k in stored if k.endswith(" correction")]
+    assert "calibrate=6" in correction and stored[correction]
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the correction was fitted again")
+
+    monkeypatch.setattr(LatencyTable, "calibrate", no_fit)
+    second = NasBench201TableEvaluator(**options)
+    assert second.latency_of(EXAMPLE) == value  # cached
+    second.latency_of(ALL_CONV3)  # predicted with the stored correction
+    assert second.latency_table().correction.to_dict() == stored[correction]
+
+
 def test_evaluator_rejects_bad_options():
     with pytest.raises(ConfigError, match="imagenet"):
         NasBench201TableEvaluator(dataset="imagenet")
     with pytest.raises(ConfigError, match="latency_mode"):
         NasBench201TableEvaluator(latency_mode="guess")
+    with pytest.raises(ConfigError, match="calibrate"):
+        NasBench201TableEvaluator(calibrate=1)
 
 
 # --------------------------------------------------------------------------------- end to end

@@ -100,6 +100,20 @@ from torchslim.search._latency_table import LatencyTable  # noqa: E402
 
 __all__ += ["LatencyTable", "LatencyPrediction", "LatencyCorrection"]
 
+from torchslim.search._nas201 import (  # noqa: E402
+    NasBench201Network,
+    NasBench201Space,
+    NasBench201Table,
+    NasBench201TableEvaluator,
+)
+
+__all__ += [
+    "NasBench201Space",
+    "NasBench201Table",
+    "NasBench201Network",
+    "NasBench201TableEvaluator",
+]
+
 # these need optuna, imported on first access so that `import torchslim.search` stays light
 _LAZY = {
     name: "torchslim.search._samplers"

@@ -16,9 +16,9 @@ stages, then batch norm, ReLU, global average pooling and a linear classifier.
   ``../shared/data/README.md``), so strategies can be compared without training;
 - the ``nas201`` search space draws the six edges as categorical parameters and builds the
   network (:class:`NasBench201Network`), so MACs and latency are measured on this machine;
-- the ``nas201-table`` evaluator returns the table's ``val_accuracy`` and ``test_accuracy`` (in %)
-  for ``cifar10`` or ``cifar100``, and on request the network's ``params`` and ``macs`` and its
-  ``latency_ms`` here.
+- the ``nas201-table`` evaluator (:mod:`torchslim.search._nas201_eval`) returns the table's
+  ``val_accuracy`` and ``test_accuracy`` (in %) for ``cifar10`` or ``cifar100``, and on request
+  the network's ``params`` and ``macs`` and its ``latency_ms`` here.
 
 A cell may have no path from its input to its output (every path holds a ``none``): the table
 lists such cells (they train to chance), and the network builds and runs; it then ignores its
@@ -28,10 +28,8 @@ input and returns the same logits for every image.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,12 +39,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import ConfigError, DatasetError
-from torchslim.search._space import (
-    Evaluator,
-    SearchSpace,
-    register_evaluator,
-    register_search_space,
-)
+from torchslim.search._space import SearchSpace, register_search_space
 
 __all__ = [
     "NAS201_OPS",
@@ -433,166 +426,5 @@ def make_config(ops: Iterable[str]) -> dict[str, Any]:
     return {"arch": format_arch(ops), **dict(zip(EDGE_PARAMS, ops, strict=True))}
 
 
-# ----------------------------------------------------------------------------- the evaluator
-_COSTS: dict[tuple[tuple[str, ...], int], dict[str, float]] = {}
-
-
-def nas201_cost(arch: str | Sequence[str], num_classes: int = 10) -> dict[str, float]:
-    """``{"params", "macs"}`` of the built network on a 1x3x32x32 input (cached per arch)."""
-    ops = _config_ops(arch)
-    key = (ops, num_classes)
-    if key not in _COSTS:
-        from torchslim.profiling import profile
-
-        net = NasBench201Network(ops, num_classes=num_classes)
-        prof = profile(net, torch.zeros(1, 3, 32, 32), latency=False, memory=False)
-        _COSTS[key] = {"params": float(prof.params), "macs": float(prof.macs)}
-    return dict(_COSTS[key])
-
-
-@register_evaluator("nas201-table")
-class NasBench201TableEvaluator(Evaluator):
-    """Scores a ``nas201`` config from the NAS-Bench-201 table, without training.
-
-    Returns ``val_accuracy`` and ``test_accuracy`` (top-1 %, the table's ``<dataset>-val`` and
-    ``<dataset>-test``); search on ``val_accuracy`` and report ``test_accuracy``. Options add
-    measurements of the built network (with the dataset's number of classes, batch 1): with
-    ``cost=True`` its ``params`` and ``macs``; with ``latency=True`` its ``latency_ms`` on this
-    machine, through :class:`~torchslim.search.LatencyTable`: predicted from kernels timed alone
-    (``latency_mode="predict"``, the raw sum, no fitted correction, so that a prediction does not
-    depend on which architectures came first) or timed whole (``"measure"``). Latencies are cached
-    per architecture in memory and, with ``latency_cache=<file.json>``, on disk, keyed by the
-    latency table's settings (device, backend, threads, versions), so repeated studies and
-    concurrent workers time an architecture once.
-
-    Args:
-        dataset: ``"cifar10"`` or ``"cifar100"``.
-        path: The table (see :class:`NasBench201Table`).
-        cost: Add ``params`` and ``macs``.
-        latency: Add ``latency_ms``.
-        latency_mode: ``"predict"`` or ``"measure"``.
-        backend: ``"eager"`` or ``"onnxruntime"``.
-        threads: CPU threads while timing (default: the current setting).
-        latency_cache: JSON file of latencies per architecture (written atomically, merged).
-        kernel_cache: The latency table's file of kernel timings (``LatencyTable(cache=...)``;
-            default: its own default folder).
-        rounds, runs: Whole-network timing (``"measure"``): alternating rounds of ``runs`` runs.
-    """
-
-    def __init__(
-        self,
-        dataset: str = "cifar10",
-        path: str | None = None,
-        cost: bool = False,
-        latency: bool = False,
-        latency_mode: str = "predict",
-        backend: str = "eager",
-        threads: int | None = None,
-        latency_cache: str | None = None,
-        kernel_cache: str | None = None,
-        rounds: int = 6,
-        runs: int = 10,
-    ) -> None:
-        _check_dataset(dataset)
-        if latency_mode not in ("predict", "measure"):
-            raise ConfigError(f"latency_mode must be 'predict' or 'measure', got {latency_mode!r}")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ConfigError(f"threads must be a positive int or None, got {threads!r}")
-        self.dataset, self.path, self.cost, self.latency = dataset, path, cost, latency
-        self.latency_mode, self.backend, self.threads = latency_mode, backend, threads
-        self.latency_cache, self.kernel_cache = latency_cache, kernel_cache
-        self.rounds, self.runs = rounds, runs
-        self.table = NasBench201Table.load(path)
-        self.metrics = (
-            ("val_accuracy", "test_accuracy")
-            + (("params", "macs") if cost else ())
-            + (("latency_ms",) if latency else ())
-        )
-        self._latencies: dict[str, float] | None = None
-        self._timer: Any = None
-
-    def __call__(
-        self, space: SearchSpace, config: Mapping[str, Any], trial: Any = None
-    ) -> dict[str, float]:
-        ops = _config_ops(config)
-        out = self.table.query(ops, self.dataset)
-        if self.cost:
-            out.update(nas201_cost(ops, DATASETS[self.dataset]))
-        if self.latency:
-            out["latency_ms"] = self.latency_of(ops)
-        return out
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "path": self.path,
-            "cost": self.cost,
-            "latency": self.latency,
-            "latency_mode": self.latency_mode,
-            "backend": self.backend,
-            "threads": self.threads,
-            "latency_cache": self.latency_cache,
-            "kernel_cache": self.kernel_cache,
-            "rounds": self.rounds,
-            "runs": self.runs,
-        }
-
-    # latency ------------------------------------------------------------------------------
-    def latency_table(self) -> Any:
-        """The :class:`~torchslim.search.LatencyTable` that times the networks (made once)."""
-        if self._timer is None:
-            from torchslim.search._latency_table import LatencyTable
-
-            self._timer = LatencyTable(
-                self.backend,
-                threads=self.threads,
-                cache=self.kernel_cache,
-                batch_size=1,
-                rounds=self.rounds,
-                runs=self.runs,
-            )
-        return self._timer
-
-    def _cache_key(self) -> str:
-        return f"{self.latency_mode} " + json.dumps(self.latency_table().key, sort_keys=True)
-
-    def latency_of(self, arch: str | Sequence[str]) -> float:
-        """``latency_ms`` of one architecture's network (cached)."""
-        arch = format_arch(_config_ops(arch))
-        if self._latencies is None:
-            self._latencies = _read_cache(self.latency_cache).get(self._cache_key(), {})
-        if arch not in self._latencies and self.latency_cache:  # another process may have it
-            self._latencies.update(_read_cache(self.latency_cache).get(self._cache_key(), {}))
-        if arch not in self._latencies:
-            net = NasBench201Network(arch, num_classes=DATASETS[self.dataset]).eval()
-            self._latencies[arch] = self._time(net)
-            if self.latency_cache:
-                _merge_cache(self.latency_cache, self._cache_key(), {arch: self._latencies[arch]})
-        return self._latencies[arch]
-
-    def _time(self, net: nn.Module) -> float:
-        x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-        if self.latency_mode == "predict":
-            return float(self.latency_table().predict(net, x))
-        return float(self.latency_table().measure(net, x).median_ms)
-
-
-def _read_cache(path: str | os.PathLike | None) -> dict[str, dict[str, float]]:
-    if not path or not Path(path).is_file():
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"latency cache {path} is not readable JSON ({exc}); delete it") from exc
-    return data if isinstance(data, dict) else {}
-
-
-def _merge_cache(path: str | os.PathLike, key: str, values: Mapping[str, float]) -> None:
-    """Add ``values`` under ``key`` to the JSON file, atomically (safe across processes)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = _read_cache(path)
-    data.setdefault(key, {}).update(values)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
-    os.replace(tmp, path)
+# the evaluator registers itself on import, and is re-exported here
+from torchslim.search._nas201_eval import NasBench201TableEvaluator, nas201_cost  # noqa: E402
