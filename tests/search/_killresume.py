@@ -44,7 +44,7 @@ def _config(tmp: Path, budget: int, sleep: float, log: Path) -> Path:
         "sampler: random\n"  # unseeded: every worker draws its own candidates
         "study_name: kill-resume\n"
         "heartbeat_interval: 1\n"
-        "grace_period: 2\n"
+        "grace_period: 3\n"
     )
     return path
 

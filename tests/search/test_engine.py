@@ -225,8 +225,8 @@ def test_two_local_workers_share_one_study(tmp_path):
 
 def test_sqlite_two_workers_kill_and_resume(tmp_path):
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
-    result = run_kill_resume(storage, tmp_path, budget=14)
-    check_kill_resume(result, budget=14)
+    result = run_kill_resume(storage, tmp_path, budget=16)
+    check_kill_resume(result, budget=16)
 
 
 _POP = """
