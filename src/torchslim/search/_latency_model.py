@@ -9,6 +9,7 @@ inputs and the time of every kernel call. Both are data and round-trip through J
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,16 +18,16 @@ import numpy as np
 
 from torchslim.errors import ConfigError
 
-__all__ = ["FEATURE_SETS", "LatencyCorrection", "LatencyPrediction"]
+__all__ = ["EXTRA_FEATURES", "FEATURE_SETS", "LatencyCorrection", "LatencyPrediction"]
 
-#: The feature subsets a correction may use; ``"auto"`` keeps the best by leave-one-out error.
-FEATURE_SETS: tuple[tuple[str, ...], ...] = (
-    ("kernel_ms",),
-    ("kernel_ms", "const"),
-    ("kernel_ms", "kernels"),
-    ("kernel_ms", "kernels", "const"),
-    ("kernel_ms", "elements_m", "const"),
-    ("kernel_ms", "kernels", "elements_m", "const"),
+#: Features besides the kernel sum that a correction may use (see :class:`LatencyCorrection`).
+EXTRA_FEATURES = ("kernels", "params_m", "elements_m", "const")
+#: The feature subsets a correction may use: the kernel sum and up to three others;
+#: ``"auto"`` keeps the one with the lowest leave-one-out error.
+FEATURE_SETS: tuple[tuple[str, ...], ...] = tuple(
+    ("kernel_ms", *extra)
+    for size in range(4)
+    for extra in itertools.combinations(EXTRA_FEATURES, size)
 )
 
 
@@ -45,8 +46,10 @@ class LatencyCorrection:
     """``measured ~= sum(coefficient * feature)``, fitted on whole models measured for real.
 
     Features of a candidate: ``kernel_ms`` (sum of its kernels' times, less the empty call's),
-    ``kernels`` (number of kernel calls), ``elements_m`` (millions of input and output tensor
-    elements over its kernels), ``const`` (1).
+    ``kernels`` (number of kernel calls: per-call costs inside a model), ``params_m`` (millions
+    of weight elements its kernels read: weights come from memory inside a model, from the cache
+    when a kernel is timed alone), ``elements_m`` (millions of input and output tensor elements:
+    ONNX Runtime's layout reorders around a kernel timed alone), ``const`` (1).
 
     Attributes:
         features, coefficients: The fitted linear model.
@@ -76,9 +79,10 @@ class LatencyCorrection:
         """Fit on rows of features and the measured latencies (ms) of the same models.
 
         Args:
-            feature_sets: ``"auto"`` tries :data:`FEATURE_SETS` (those with fewer features than
-                models) and keeps the lowest leave-one-out error (ties: fewer features); or the
-                subsets to try.
+            feature_sets: ``"auto"`` tries :data:`FEATURE_SETS` (those with at most
+                ``(models - 1) // 2`` features, so every coefficient rests on two models) and
+                keeps the lowest leave-one-out error (ties: fewer features); or the subsets to
+                try (the same limit applies).
         """
         y = np.asarray(measured_ms, dtype=float)
         if len(features) != len(y) or not len(y):
@@ -87,7 +91,9 @@ class LatencyCorrection:
             raise ConfigError(f"measured latencies must be positive, got {y.tolist()}")
         sets = FEATURE_SETS if feature_sets == "auto" else tuple(map(tuple, feature_sets))
         n = len(y)
-        usable = [s for s in sets if len(s) < n] or [("kernel_ms",)]
+        known = set.intersection(*(set(row) for row in features)) | {"const"}
+        most = max(1, (n - 1) // 2)  # at least two models per coefficient, and one left out
+        usable = [s for s in sets if len(s) <= most and set(s) <= known] or [("kernel_ms",)]
         best = None
         for names in usable:
             x = np.array([[row[f] if f != "const" else 1.0 for f in names] for row in features])
