@@ -56,6 +56,7 @@ from torch import nn
 ARCHS = ("nas201", "mobilenet_v2", "resnet", "mlp")
 DEFAULT_ARCHS = ("nas201", "mobilenet_v2", "resnet")
 RUNTIMES = ("eager", "onnxruntime")
+FULL = {"candidates": 36, "calibration": 8, "rounds": 10, "runs": 10, "kernel_ms": 20.0}
 QUICK = {"candidates": 3, "calibration": 4, "rounds": 4, "runs": 5, "kernel_ms": 5.0}
 
 
@@ -394,24 +395,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(DEFAULT_ARCHS))
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
-    parser.add_argument("--candidates", type=int, default=36, help="held-out per architecture")
-    parser.add_argument("--calibration", type=int, default=8, help="calibration models per arch")
+    parser.add_argument("--candidates", type=int, help="held-out per architecture (36)")
+    parser.add_argument("--calibration", type=int, help="calibration models per arch (8)")
     parser.add_argument("--group", type=int, default=8, help="models measured together")
-    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds per group")
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per model and round")
-    parser.add_argument("--kernel-ms", type=float, default=20.0, help="timed ms per kernel")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per group (10)")
+    parser.add_argument("--runs", type=int, help="timed runs per model and round (10)")
+    parser.add_argument("--kernel-ms", type=float, help="timed ms per kernel and pass (20)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=None, help="table folder (default: a fresh one)")
-    parser.add_argument("--quick", action="store_true", help="a smoke test (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test (under a minute)")
     args = parser.parse_args()
     if args.report:
         rows = [json.loads(line) for line in Path(args.out).read_text().splitlines() if line]
         print(report(rows, args.run))
         return
-    if args.quick:  # smaller budgets, where not given on the command line
-        for name, value in QUICK.items():
-            if getattr(args, name) == parser.get_default(name):
-                setattr(args, name, value)
+    for name, value in (QUICK if args.quick else FULL).items():  # budgets not given
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     run(args)

@@ -106,6 +106,8 @@ def test_onnxruntime_kernels_fuse_conv_bn_add_relu_and_drop_dropout():
     )
     assert [k.kind for k in kernels[:3]] == ["module", "chain", "chain"]
     assert kernels[2].elements == 3 * 8 * 16 * 16  # the add's other operand is read too
+    # convolutions and pooling timed alone pay ONNX Runtime's layout reorders
+    assert [k.reordered for k in kernels] == [True] * 6 + [False, False]
 
 
 class TwoConsumers(nn.Module):
@@ -146,6 +148,34 @@ def test_onnxruntime_computes_a_repeated_weightless_op_once():
     assert eager[pool] == 2 and ort[pool] == 1  # common subexpression elimination
     conv = next(k for k in ort if k.startswith("Conv2d"))
     assert eager[conv] == ort[conv] == 2  # different weights: two computations
+
+
+class SharedSum(nn.Module):
+    """A residual sum read by two ReLUs (NAS-Bench-201 cells read a node this way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3)
+        self.relus = nn.ModuleList([nn.ReLU(), nn.ReLU()])
+        self.convs = nn.ModuleList([nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)])
+
+    def forward(self, x):
+        s = self.bn(self.conv(x)) + x
+        return self.convs[0](self.relus[0](s)) + self.convs[1](self.relus[1](s))
+
+
+def test_onnxruntime_fuses_after_removing_common_subexpressions():
+    eager = LatencyTable("eager", cache=False).kernels(SharedSum(), x16())
+    assert [k.name for k in eager] == [
+        "conv", "bn", "add", "relus.0", "convs.0", "relus.1", "convs.1", "add",
+    ]  # fmt: skip
+    ort = LatencyTable("onnxruntime", cache=False).kernels(SharedSum(), x16())
+    assert [(k.name, k.key.split(" @ ")[0]) for k in ort] == [
+        ("conv", f"{nn.Conv2d(3, 3, 1)} > BatchNorm2d({nn.BatchNorm2d(3).extra_repr()}) "
+                 "> torch.Tensor.add > ReLU()"),  # one ReLU is left, the sum's only reader
+        ("convs.0", f"{nn.Conv2d(3, 3, 1)} > torch.Tensor.add"),
+        ("convs.1", f"{nn.Conv2d(3, 3, 1)}"),
+    ]  # fmt: skip
 
 
 class FakeTimer:
@@ -267,7 +297,7 @@ def synthetic(n: int, noise: float = 0.0, seed: int = 0):
         {
             "kernel_ms": rng.uniform(0.5, 10),
             "kernels": float(rng.integers(20, 300)),
-            "elements_m": rng.uniform(0.01, 2),
+            "reorder_m": rng.uniform(0.01, 2),
             "params_m": rng.uniform(0.1, 3),
             "const": 1.0,
         }

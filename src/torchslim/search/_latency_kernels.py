@@ -26,8 +26,9 @@ Decomposition differs per runtime, because what a runtime fuses runs as one kern
   consumer of the previous one, is one kernel whose key joins the links with ``" > "`` (an
   addition's other operand has the output's shape). ``Identity`` and ``Dropout`` modules vanish
   from the exported graph and are no kernels; a weightless computation repeated on the same input
-  (two ReLUs of one tensor, as NAS-Bench-201 cells make) is one kernel, as ONNX Runtime's common
-  subexpression elimination leaves it. Checked on the optimised graph of a pruned
+  (two ReLUs of one tensor, as NAS-Bench-201 cells make) is computed once, as ONNX Runtime's
+  common subexpression elimination leaves it, before fusion (so a sum read by two ReLUs fuses
+  with the one that remains). Checked on the optimised graph of a pruned
   MobileNetV2 (ONNX Runtime 1.32, AVX-512): 52 fused NCHWc convolutions, every residual addition
   fused, two reorders.
 
@@ -80,6 +81,13 @@ _ADD_FUNCTIONS = frozenset(
     ("torch.add", "torch.Tensor.add", "torch.Tensor.add_", "torch.Tensor.__add__")
     + ("torch.Tensor.__radd__", "torch.Tensor.__iadd__")
 )
+_BLOCKED = (
+    nn.Conv2d,
+    nn.AvgPool2d,
+    nn.MaxPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+)
 _VANISH_IN_ORT = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
 
@@ -96,6 +104,10 @@ class Kernel:
         params: Elements of the weights it reads (its modules' parameters and buffers, and
             parameters passed to a function): inside a model they come from memory, not from
             the cache that a kernel timed alone keeps them in.
+        reordered: ONNX Runtime only: a convolution or pooling on 4-d tensors, which, timed
+            alone, converts its input to the blocked NCHWc layout and its output back (measured
+            on a 16-channel 32x32 map: 10 of the 16 us of a 1x1 convolution alone); inside a
+            model the layout stays blocked from one such kernel to the next.
     """
 
     name: str
@@ -103,6 +115,7 @@ class Kernel:
     kind: str
     elements: int
     params: int = 0
+    reordered: bool = False
     replay: _Replay | None = field(default=None, repr=False, compare=False)
 
 
@@ -249,13 +262,45 @@ def _record(model: nn.Module, inputs: Inputs) -> tuple[list[_Call], dict, list]:
     finally:
         for handle in handles:
             handle.remove()
+    outputs = [_value_key(t) for t in _tensors(output)]
+    return recorder.calls, outputs, [recorder.keep, output]
+
+
+def _stateful(fn: Any) -> bool:
+    """A module with weights: two of them on one input are two computations."""
+    if not isinstance(fn, nn.Module):
+        return False
+    return any(True for _ in fn.parameters()) or any(True for _ in fn.buffers())
+
+
+def _dedupe(calls: list[_Call], outputs: list[tuple[int, int]]) -> set[int]:
+    """Drop common subexpressions, as ONNX Runtime does: a weightless call repeated on the same
+    inputs with the same arguments is computed once, and its repeats' readers read the first.
+    Rewrites ``ins`` and ``outputs`` in place; returns the indices of the dropped calls."""
+    alias: dict[tuple[int, int], tuple[int, int]] = {}
+    first: dict[tuple, int] = {}
+    dropped = set()
+    for i, call in enumerate(calls):
+        call.ins = [alias.get(k, k) for k in call.ins]
+        if call.is_module and _stateful(call.fn):
+            continue
+        j = first.setdefault((call.desc, tuple(call.ins), _call_sig(call.args, call.kwargs)), i)
+        if j != i and len(calls[j].outs) == len(call.outs):
+            alias.update(zip(call.outs, calls[j].outs, strict=True))
+            dropped.add(i)
+    outputs[:] = [alias.get(k, k) for k in outputs]
+    return dropped
+
+
+def _consumers(calls: list[_Call], outputs: list, dropped: set[int]) -> dict[tuple, list[int]]:
     consumers: dict[tuple[int, int], list[int]] = {}
-    for i, call in enumerate(recorder.calls):
-        for key in call.ins:
-            consumers.setdefault(key, []).append(i)
-    for t in _tensors(output):
-        consumers.setdefault(_value_key(t), []).append(-1)  # the model's output
-    return recorder.calls, consumers, [recorder.keep, output]
+    for i, call in enumerate(calls):
+        if i not in dropped:
+            for key in call.ins:
+                consumers.setdefault(key, []).append(i)
+    for key in outputs:
+        consumers.setdefault(key, []).append(-1)  # the model's output
+    return consumers
 
 
 # ------------------------------------------------------------------------------------ fusion
@@ -289,10 +334,10 @@ def _follower(calls: list[_Call], consumers: dict, call: _Call, accept) -> int |
     return users[0] if takes and accept(nxt) else None
 
 
-def _chains(calls: list[_Call], consumers: dict, backend: str) -> list[list[int]]:
+def _chains(calls: list[_Call], consumers: dict, backend: str, dropped: set) -> list[list[int]]:
     """Group call indices into kernels (in execution order of their first call)."""
     groups: list[list[int]] = []
-    taken: set[int] = set()
+    taken: set[int] = set(dropped)
     fusable = (*_CONV, nn.Linear)
     for i, call in enumerate(calls):
         if i in taken:
@@ -381,11 +426,14 @@ def _replay(group: list[_Call]) -> _Replay:
     return _Replay(steps, tensors)
 
 
-def _stateful(fn: Any) -> bool:
-    """A module with weights: two of them on one input are two computations."""
-    if not isinstance(fn, nn.Module):
+def _blocked(call: _Call) -> bool:
+    """Whether ONNX Runtime runs the call in its blocked layout: convolutions and pooling."""
+    tensors = _tensors((call.args, call.kwargs))
+    if not tensors or tensors[0].dim() != 4:
         return False
-    return any(True for _ in fn.parameters()) or any(True for _ in fn.buffers())
+    if call.is_module:
+        return isinstance(call.fn, _BLOCKED)
+    return "pool" in call.desc.rsplit(".", 1)[-1]
 
 
 def enumerate_kernels(
@@ -402,19 +450,14 @@ def enumerate_kernels(
         raise ConfigError(
             f"unknown latency table backend {backend!r}; known: {', '.join(BACKENDS)}"
         )
-    calls, consumers, _alive = _record(model, inputs)
+    calls, outputs, _alive = _record(model, inputs)
+    dropped = _dedupe(calls, outputs) if backend == "onnxruntime" else set()
+    consumers = _consumers(calls, outputs, dropped)
     kernels = []
     seen: set[str] = set()
-    computed: set[tuple] = set()
-    for group in _chains(calls, consumers, backend):
+    for group in _chains(calls, consumers, backend, dropped):
         members = [calls[i] for i in group]
         first = members[0]
-        if backend == "onnxruntime":  # common subexpressions are computed once
-            stateful = first.is_module and any(_stateful(c.fn) for c in members)
-            same = (tuple(c.desc for c in members), tuple(first.ins), _call_sig(first.args, {}))
-            if not stateful and same in computed:
-                continue
-            computed.add(same)
         if first.is_module:
             desc = " > ".join(c.desc for c in members)
             key = f"{desc} @ ({_call_sig(first.args, first.kwargs)})"
@@ -438,7 +481,10 @@ def enumerate_kernels(
         if replay_for is not None and key not in seen and replay_for(key):
             replay = _replay(members)
         seen.add(key)
-        kernels.append(Kernel(first.name, key, kind, int(elements), int(params), replay=replay))
+        reordered = backend == "onnxruntime" and _blocked(first)
+        kernels.append(
+            Kernel(first.name, key, kind, int(elements), int(params), reordered, replay=replay)
+        )
     return kernels
 
 

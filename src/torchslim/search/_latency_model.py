@@ -1,8 +1,9 @@
 """The latency model's results: the correction fitted on whole models, and a prediction.
 
 :class:`LatencyCorrection` maps a candidate's features (its kernel sum, number of kernel calls,
-tensor elements) to its measured latency with a linear model fitted by least squares on relative
-error, the feature subset chosen by leave-one-out error on the calibration models.
+weights read, elements reordered) to its measured latency with a linear model fitted by least
+squares on relative error, the feature subset chosen by leave-one-out error on the calibration
+models.
 :class:`LatencyPrediction` is what :meth:`LatencyTable.predict` returns: the prediction, its
 inputs and the time of every kernel call. Both are data and round-trip through JSON.
 """
@@ -21,7 +22,7 @@ from torchslim.errors import ConfigError
 __all__ = ["EXTRA_FEATURES", "FEATURE_SETS", "LatencyCorrection", "LatencyPrediction"]
 
 #: Features besides the kernel sum that a correction may use (see :class:`LatencyCorrection`).
-EXTRA_FEATURES = ("kernels", "params_m", "elements_m", "const")
+EXTRA_FEATURES = ("kernels", "params_m", "reorder_m", "const")
 #: The feature subsets a correction may use: the kernel sum and up to three others;
 #: ``"auto"`` keeps the one with the lowest leave-one-out error.
 FEATURE_SETS: tuple[tuple[str, ...], ...] = tuple(
@@ -48,8 +49,9 @@ class LatencyCorrection:
     Features of a candidate: ``kernel_ms`` (sum of its kernels' times, less the empty call's),
     ``kernels`` (number of kernel calls: per-call costs inside a model), ``params_m`` (millions
     of weight elements its kernels read: weights come from memory inside a model, from the cache
-    when a kernel is timed alone), ``elements_m`` (millions of input and output tensor elements:
-    ONNX Runtime's layout reorders around a kernel timed alone), ``const`` (1).
+    when a kernel is timed alone), ``reorder_m`` (ONNX Runtime: millions of input and output
+    tensor elements of its convolutions and pooling, which a kernel timed alone reorders to the
+    blocked layout and back; 0 in eager), ``const`` (1).
 
     Attributes:
         features, coefficients: The fitted linear model.

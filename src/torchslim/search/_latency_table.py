@@ -16,10 +16,11 @@ computes nothing (``(empty)``) and subtracts it from every kernel, so the raw pr
 per-call framework overhead between kernels, weights that a kernel timed alone keeps in cache
 but a model larger than the cache reads from memory (measured on pruned MobileNetV2s in ONNX
 Runtime: 20 us more than the sum at 0.72 M parameters, 100 us at 1.34 M), ONNX Runtime's layout
-reorders that a kernel alone pays and a model mostly does not. :class:`LatencyCorrection` fits
+reorders around a convolution or pooling timed alone, which a model mostly does without (they
+are most of a small 1x1 convolution's time alone). :class:`LatencyCorrection` fits
 a linear model on a few whole models measured for real,
 
-    measured ~= a * kernel_ms + b * kernels + c * params_m + d * elements_m + e
+    measured ~= a * kernel_ms + b * kernels + c * params_m + d * reorder_m + e
 
 by least squares on *relative* error (each model's equation divided by its latency), trying the
 kernel sum with up to three of the other features and keeping the subset with the lowest
@@ -417,7 +418,7 @@ class LatencyTable:
         features = {
             "kernel_ms": sum(r[2] for r in rows),
             "kernels": float(len(kernels)),
-            "elements_m": sum(k.elements for k in kernels) / 1e6,
+            "reorder_m": sum(k.elements for k in kernels if k.reordered) / 1e6,
             "params_m": sum(k.params for k in kernels) / 1e6,
             "const": 1.0,
             "untimed": float(sum(self._entries[k.key].get("ms") is None for k in kernels)),
