@@ -326,6 +326,16 @@ def test_correction_recovers_known_coefficients():
     assert 0.005 < noisy.loo_mape < 0.02  # the 1% noise, not zero
 
 
+def test_correction_must_rest_on_the_kernel_sum():
+    rows, _ = synthetic(12)
+    flat = [5.0 + 0.001 * i for i in range(12)]  # latencies that ignore the kernel sum
+    with pytest.raises(ConfigError, match="kernel sum"):  # a constant would fit them best
+        LatencyCorrection.fit(rows, flat, feature_sets=[("kernel_ms", "const")])
+    fit = LatencyCorrection.fit(rows, flat)  # auto: a fit that still follows the kernels
+    shares = [fit.coefficients[0] * r["kernel_ms"] / fit(r) for r in rows]
+    assert np.mean(shares) >= 0.5
+
+
 def test_correction_with_few_models_uses_few_features():
     rows, y = synthetic(3)
     fit = LatencyCorrection.fit(rows, y)

@@ -8,7 +8,7 @@ stride, padding, dilation, groups, bias…) or the function's qualified name, th
 (tensors as ``1x16x32x32:float32``, other values by ``repr``, objects by type name)::
 
     Conv2d(16, 32, kernel_size=(3, 3), stride=(2, 2), padding=(1, 1)) @ (1x16x32x32:float32)
-    torch.Tensor.__add__(1x32x16x16:float32, 1x32x16x16:float32)
+    torch.Tensor.add(1x32x16x16:float32, 1x32x16x16:float32)
 
 Kernels are found on one real forward pass: forward hooks on every module (leaf modules are
 kernels; the names of the others say where a function ran) and a ``TorchFunctionMode`` that sees
@@ -28,9 +28,9 @@ Decomposition differs per runtime, because what a runtime fuses runs as one kern
   from the exported graph and are no kernels; a weightless computation repeated on the same input
   (two ReLUs of one tensor, as NAS-Bench-201 cells make) is computed once, as ONNX Runtime's
   common subexpression elimination leaves it, before fusion (so a sum read by two ReLUs fuses
-  with the one that remains). Checked on the optimised graph of a pruned
-  MobileNetV2 (ONNX Runtime 1.32, AVX-512): 52 fused NCHWc convolutions, every residual addition
-  fused, two reorders.
+  with the one that remains). Checked on optimised graphs (ONNX Runtime 1.32, AVX-512): a pruned
+  MobileNetV2 runs as 52 fused NCHWc convolutions (every residual addition fused) and two
+  reorders; a NAS-Bench-201 network of 1x1 convolutions keeps 2 of its 33 ReLUs.
 
 A kernel is timed alone by :func:`time_kernels`: a small module replays the recorded calls on
 copies of the recorded tensors (eager: :func:`torchslim.measure_latency` with the eager

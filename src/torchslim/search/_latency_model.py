@@ -21,6 +21,10 @@ from torchslim.errors import ConfigError
 
 __all__ = ["EXTRA_FEATURES", "FEATURE_SETS", "LatencyCorrection", "LatencyPrediction"]
 
+#: A correction must draw at least this share of its predictions (on average over the calibration
+#: models) from the kernel sum; otherwise it could fit models of similar latency with a
+#: constant, predict them well on average, and rank them no better than chance.
+MIN_KERNEL_SHARE = 0.5
 #: Features besides the kernel sum that a correction may use (see :class:`LatencyCorrection`).
 EXTRA_FEATURES = ("kernels", "params_m", "reorder_m", "const")
 #: The feature subsets a correction may use: the kernel sum and up to three others;
@@ -101,8 +105,8 @@ class LatencyCorrection:
             x = np.array([[row[f] if f != "const" else 1.0 for f in names] for row in features])
             coef = _solve(x, y)
             pred = x @ coef
-            if coef[0] <= 0 or (pred <= 0).any():
-                continue  # not a latency model
+            if (pred <= 0).any() or np.mean(coef[0] * x[:, 0] / pred) < MIN_KERNEL_SHARE:
+                continue  # not a latency model, or one that hardly looks at the kernels
             loo = None
             if n > len(names):
                 errors = []
@@ -116,8 +120,9 @@ class LatencyCorrection:
                 best = (score, cls(names, tuple(map(float, coef)), n, mape, loo))
         if best is None:
             raise ConfigError(
-                "no correction fits these calibration models with a positive weight on the "
-                "kernel sum; measure more (or more varied) models"
+                "no correction fits these calibration models with the kernel sum carrying at "
+                f"least {MIN_KERNEL_SHARE:.0%} of the prediction; calibrate on more, or more "
+                "varied, models"
             )
         return best[1]
 
