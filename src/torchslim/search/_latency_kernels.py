@@ -32,24 +32,15 @@ Decomposition differs per runtime, because what a runtime fuses runs as one kern
   MobileNetV2 runs as 52 fused NCHWc convolutions (every residual addition fused) and two
   reorders; a NAS-Bench-201 network of 1x1 convolutions keeps 2 of its 33 ReLUs.
 
-A kernel is timed alone by :func:`time_kernels`: a small module replays the recorded calls on
-copies of the recorded tensors (eager: :func:`torchslim.measure_latency` with the eager
-backend; ONNX Runtime: the module exported with the TorchScript exporter, as the whole model
-is, and timed in a session made exactly as the ``onnxruntime`` backend makes them). Its latency
-is the lowest of two medians taken seconds apart (load from other processes only ever adds
-time; measured on this shared machine, one pass alone left single kernels up to 2.6x high).
+Each kernel of a key not yet in the table carries a replay module (the recorded calls on copies
+of the recorded tensors) that ``_latency_timing`` times alone.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
-import tempfile
-import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,12 +48,10 @@ from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils._pytree import tree_flatten, tree_map
 
-from torchslim._extras import require
 from torchslim._inputs import Inputs
-from torchslim.errors import ConfigError, ExportError
-from torchslim.profiling._latency import Latency, measure_latency
+from torchslim.errors import ConfigError
 
-__all__ = ["BACKENDS", "Kernel", "enumerate_kernels", "time_kernels", "empty_kernel"]
+__all__ = ["BACKENDS", "Kernel", "enumerate_kernels"]
 
 _logger = logging.getLogger(__name__)
 
@@ -486,141 +475,3 @@ def enumerate_kernels(
             Kernel(first.name, key, kind, int(elements), int(params), reordered, replay=replay)
         )
     return kernels
-
-
-# ------------------------------------------------------------------------------------ timing
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
-
-
-def empty_kernel() -> Kernel:
-    """A call that computes nothing: the timing harness's own cost, subtracted from every kernel.
-
-    It is a plain function, not a module, so a module kernel keeps the cost of its module call,
-    which it also pays inside a model.
-    """
-    replay = _Replay([(_identity, (_Slot(0),), {})], [torch.zeros(1)])
-    return Kernel("(empty)", "(empty)", "function", 2, 0, replay=replay)
-
-
-def _ort_backend(replay: _Replay, tensors: list[torch.Tensor], threads: int, device, folder: str):
-    from torchslim.export._io import FlatModule, input_names
-    from torchslim.export._onnx import _quiet_torchscript_log
-    from torchslim.export._ort_backend import OnnxRuntimeBackend, _providers
-    from torchslim.export._verify import ort_session
-
-    ort = require("onnxruntime", "the latency table's onnxruntime backend")
-    inputs = Inputs(tuple(tensors), {})
-    path = Path(folder) / "kernel.onnx"
-    flat = FlatModule(replay, inputs)
-    with warnings.catch_warnings(), _quiet_torchscript_log():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            flat,
-            tuple(tensors),
-            str(path),
-            dynamo=False,
-            input_names=input_names(inputs),
-            do_constant_folding=True,
-        )
-    session = ort_session(path, threads=threads, providers=_providers(ort, torch.device(device)))
-    return OnnxRuntimeBackend(onnx_model=session)
-
-
-class _Prepared:
-    """One kernel ready to time: its replay module on the device, or its ONNX Runtime session."""
-
-    def __init__(self, kernel: Kernel, backend: str, threads: int, device: Any) -> None:
-        replay = kernel.replay
-        if replay is None:
-            raise ConfigError(f"kernel {kernel.key!r} has no replay module to time")
-        self.tensors = [t.to(device) for t in replay.tensors]
-        self.replay = replay.to(device).eval()
-        self.inputs = Inputs(tuple(self.tensors), {})
-        self.impl: Any = "eager"
-        self.common = dict(device=device, threads=threads)
-        self.runs = 0
-        if backend == "onnxruntime":
-            try:
-                with tempfile.TemporaryDirectory(prefix="torchslim-kernel-") as folder:
-                    self.impl = _ort_backend(self.replay, self.tensors, threads, device, folder)
-            except Exception as exc:  # noqa: BLE001 - exporters raise many types
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ExportError(f"kernel {kernel.key!r} at {kernel.name}: {first}") from exc
-
-    def time(self, warmup: int, target_ms: float, min_runs: int, max_runs: int) -> Latency:
-        if not self.runs:  # a short probe sets the number of runs that fills target_ms
-            probe = measure_latency(
-                self.replay, self.inputs, backend=self.impl, warmup=warmup, runs=3, **self.common
-            )
-            runs = math.ceil(target_ms / max(probe.median_ms, 1e-4))
-            self.runs = max(min_runs, min(max_runs, runs))
-            warmup = 2
-        return measure_latency(
-            self.replay,
-            self.inputs,
-            backend=self.impl,
-            warmup=warmup,
-            runs=self.runs,
-            **self.common,
-        )
-
-
-def time_kernels(
-    kernels: list[Kernel],
-    backend: str,
-    *,
-    threads: int,
-    device: torch.device | str = "cpu",
-    warmup: int = 5,
-    target_ms: float = 20.0,
-    min_runs: int = 10,
-    max_runs: int = 300,
-    passes: int = 2,
-    chunk: int = 16,
-) -> Iterator[tuple[Kernel, dict[str, Any]]]:
-    """Time each kernel alone; yield ``(kernel, entry)`` with ``entry["ms"]`` its latency.
-
-    Kernels are prepared ``chunk`` at a time (ONNX Runtime: exported and given a session), then
-    timed in ``passes`` passes over the chunk, each a median over enough runs to fill about
-    ``target_ms``; a kernel's latency is its lowest pass median. Passes are seconds apart, so a
-    burst of load from another process inflates one pass of a kernel, not its latency. A kernel
-    that cannot be exported or run yields ``{"ms": None, "error": ...}``.
-    """
-    for start in range(0, len(kernels), chunk):
-        prepared: dict[int, _Prepared] = {}
-        errors: dict[int, str] = {}
-        medians: dict[int, list[Latency]] = {}
-        group = kernels[start : start + chunk]
-        for i, kernel in enumerate(group):
-            try:
-                prepared[i] = _Prepared(kernel, backend, threads, device)
-            except Exception as exc:  # noqa: BLE001 - recorded, so it is not retried
-                errors[i] = _first_line(exc)
-        for _ in range(passes):
-            for i, prep in list(prepared.items()):
-                try:
-                    medians.setdefault(i, []).append(
-                        prep.time(warmup, target_ms, min_runs, max_runs)
-                    )
-                except Exception as exc:  # noqa: BLE001
-                    errors[i] = _first_line(exc)
-                    del prepared[i]
-        for i, kernel in enumerate(group):
-            if i in errors:
-                yield kernel, {"ms": None, "error": errors[i]}
-                continue
-            best = min(medians[i], key=lambda lat: lat.median_ms)
-            yield (
-                kernel,
-                {
-                    "ms": best.median_ms,
-                    "iqr_ms": best.iqr_ms,
-                    "runs": sum(lat.runs for lat in medians[i]),
-                    "passes_ms": [lat.median_ms for lat in medians[i]],
-                },
-            )
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

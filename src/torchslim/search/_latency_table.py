@@ -64,14 +64,9 @@ from torch import nn
 from torchslim._inputs import Inputs, as_inputs, eval_mode
 from torchslim.errors import ConfigError
 from torchslim.profiling._latency import Latency, get_latency_backend, pinned_threads
-from torchslim.search._latency_kernels import (
-    BACKENDS,
-    Kernel,
-    empty_kernel,
-    enumerate_kernels,
-    time_kernels,
-)
+from torchslim.search._latency_kernels import BACKENDS, Kernel, enumerate_kernels
 from torchslim.search._latency_model import LatencyCorrection, LatencyPrediction
+from torchslim.search._latency_timing import empty_kernel, time_kernels
 
 __all__ = ["LatencyTable"]
 
