@@ -15,13 +15,12 @@ with the fitted correction, so every study of a benchmark, and every worker, sha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import random
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import ConfigError
+from torchslim.search._latency_table import _locked  # the table's cache lock, shared
 from torchslim.search._nas201 import (
     DATASETS,
     NAS201_OPS,
@@ -234,22 +234,6 @@ class NasBench201TableEvaluator(Evaluator):
 
 def _example() -> torch.Tensor:
     return torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``<path>.lock`` across processes (POSIX; elsewhere none)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _read_cache(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
