@@ -175,12 +175,20 @@ def ort_session(path: str | Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+#: ONNX Runtime's settle time: torchslim's OnnxRuntimeBackend.settle_ms (added after the methods
+#: and width_search results in docs/benchmarks.md were measured: without it the other session's
+#: spinning threads slowed the first runs of each block, which biased ratios towards 1)
+_SETTLE_MS = 40.0
+
+
 def compare(base: Any, other: Any, example: Any, rounds: int, runs: int, warmup: int = 3) -> dict:
     """Latency of session ``other`` relative to session ``base`` on one example batch.
 
     Both warm up, then ``rounds`` rounds alternate them (the order flips every round); each block
-    runs ``warmup`` untimed runs, then times ``runs`` runs one by one. The ratio is the median over
+    runs ``warmup`` untimed runs (for at least ``_SETTLE_MS``), then times ``runs`` runs one by one. The ratio is the median over
     rounds of the per-round ratio of medians; ``ratio_iqr`` its spread over rounds."""
+    from torchslim.profiling import warm_up
+
     sessions = (base, other)
     feeds = [{s.get_inputs()[0].name: example} for s in sessions]
     samples: list[list[float]] = [[], []]
@@ -195,8 +203,8 @@ def compare(base: Any, other: Any, example: Any, rounds: int, runs: int, warmup:
             medians = [0.0, 0.0]
             for i in (0, 1) if r % 2 == 0 else (1, 0):
                 s, feed = sessions[i], feeds[i]
-                for _ in range(warmup):
-                    s.run(None, feed)
+                # untimed until the other session's spinning threads are idle (OnnxRuntimeBackend)
+                warm_up(lambda s=s, feed=feed: s.run(None, feed), warmup, _SETTLE_MS)
                 times = []
                 for _ in range(runs):
                     start = time.perf_counter()

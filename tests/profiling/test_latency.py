@@ -64,6 +64,33 @@ def test_loop_runs_warmup_plus_runs_with_pinned_threads_and_restores_them():
     assert len(lat.samples_ms) == 7
 
 
+def test_warm_up_runs_on_until_the_settle_time_has_passed():
+    calls = []
+    start = time.perf_counter()
+    done = _latency.warm_up(lambda: calls.append(time.sleep(0.002)), 2, settle_ms=30.0)
+    elapsed = (time.perf_counter() - start) * 1000.0
+    assert done == len(calls) >= 2
+    assert elapsed >= 30.0 and done >= 30.0 / 2.0 / 2  # ran on after the 2 warm-up runs
+    assert _latency.warm_up(lambda: calls.append(None), 3) == 3  # no settle time: the runs alone
+
+
+class SettlingBackend(CountingBackend):
+    settle_ms = 25.0
+
+
+def test_loop_settles_for_the_backends_settle_time_unless_told_otherwise():
+    model, inputs = Sleeper(), as_inputs(torch.zeros(1))  # 5 ms a call
+    backend = SettlingBackend()
+    measure_latency(model, inputs, backend=backend, warmup=1, runs=2)
+    assert backend.calls >= 5 + 2  # 25 ms of warm-up at 5 ms a call, then the 2 runs
+    backend.calls = 0
+    measure_latency(model, inputs, backend=backend, warmup=1, runs=2, settle_ms=0.0)
+    assert backend.calls == 3
+    from torchslim.export import OnnxRuntimeBackend
+
+    assert OnnxRuntimeBackend.settle_ms >= 30.0  # its sessions' workers spin for ~30 ms
+
+
 class Sleeper(nn.Module):
     def forward(self, x):
         time.sleep(0.005)

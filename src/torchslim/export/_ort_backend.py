@@ -57,6 +57,8 @@ class OnnxRuntimeBackend(LatencyBackend):
     After :meth:`prepare`, ``session`` holds the ONNX Runtime session that was timed.
     """
 
+    settle_ms = 40.0  # other sessions' spinning workers go idle (see LatencyBackend.settle_ms)
+
     def __init__(
         self,
         onnx_model: str | Path | Any = None,

@@ -9,6 +9,7 @@ from torchslim.profiling._latency import (
     measure_latency,
     pinned_threads,
     register_latency_backend,
+    warm_up,
 )
 from torchslim.profiling._memory import Memory, measure_memory
 from torchslim.profiling._profile import Profile, human, profile
@@ -29,4 +30,5 @@ __all__ = [
     "pinned_threads",
     "profile",
     "register_latency_backend",
+    "warm_up",
 ]

@@ -37,6 +37,7 @@ __all__ = [
     "get_latency_backend",
     "measure_latency",
     "pinned_threads",
+    "warm_up",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -141,6 +142,12 @@ class LatencyBackend(ABC):
     """
 
     name: str = ""
+    #: Untimed running, in ms, before timing (on top of the warm-up runs), so that threads other
+    #: runners left busy have gone idle. ONNX Runtime sets 40: every session owns a thread pool
+    #: whose workers spin for about 30 ms after a run, and while another session's workers spin
+    #: a model timed on 2 cores runs up to 2x slower (measured on small CNNs; issue #17011 of
+    #: microsoft/onnxruntime reports the same slowdown between sessions run in turn).
+    settle_ms: float = 0.0
 
     @abstractmethod
     def prepare(
@@ -212,6 +219,17 @@ def pinned_threads(threads: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+def warm_up(runner: Callable[[], Any], runs: int, settle_ms: float = 0.0) -> int:
+    """Call ``runner`` ``runs`` times, then on until ``settle_ms`` have passed since the first
+    call; returns the number of calls."""
+    start = time.perf_counter()
+    done = 0
+    while done < runs or (time.perf_counter() - start) * 1000.0 < settle_ms:
+        runner()
+        done += 1
+    return done
+
+
 def measure_latency(
     model: torch.nn.Module,
     inputs: Inputs,
@@ -221,11 +239,13 @@ def measure_latency(
     threads: int | None = None,
     warmup: int = 10,
     runs: int = 50,
+    settle_ms: float | None = None,
 ) -> Latency:
     """Time one inference of ``model`` on ``inputs`` (already on ``device``).
 
     Each run is timed on its own with :func:`time.perf_counter`, the device synchronised before
-    and after, after ``warmup`` untimed runs; the CPU thread count is pinned for the whole
+    and after, after ``warmup`` untimed runs (continued until ``settle_ms`` have passed; default:
+    the backend's :attr:`LatencyBackend.settle_ms`); the CPU thread count is pinned for the whole
     measurement and reported.
     """
     if warmup < 0:
@@ -241,8 +261,7 @@ def measure_latency(
     impl = get_latency_backend(backend)
     with pinned_threads(threads) as n_threads:
         runner = impl.prepare(model, inputs, device, n_threads)
-        for _ in range(warmup):
-            runner()
+        warm_up(runner, warmup, impl.settle_ms if settle_ms is None else settle_ms)
         impl.synchronize(device)
         samples: list[float] = []
         for _ in range(runs):

@@ -31,7 +31,8 @@ raw prediction): a fit on large models alone extrapolates badly to small ones.
 Measurements. Kernels: :func:`torchslim.measure_latency` (median; a probe sets the number of runs
 to fill ``target_ms``) with threads pinned. Whole models (:meth:`LatencyTable.measure_many`):
 every model's runner is prepared, then rounds alternate the models (order flipped every round,
-a few untimed runs before each block, garbage collection off), so slow drift of the machine hits
+untimed runs before each block until the backend's ``settle_ms`` have passed, so that
+threads the previous model left spinning are idle; garbage collection off), so slow drift of the machine hits
 all of them alike; the median is over every timed run.
 
 Cache. A JSON file (``cache=``; default ``$TORCHSLIM_CACHE_DIR/latency/`` or
@@ -63,7 +64,7 @@ from torch import nn
 
 from torchslim._inputs import Inputs, as_inputs, eval_mode
 from torchslim.errors import ConfigError
-from torchslim.profiling._latency import Latency, get_latency_backend, pinned_threads
+from torchslim.profiling._latency import Latency, get_latency_backend, pinned_threads, warm_up
 from torchslim.search._latency_kernels import BACKENDS, Kernel, enumerate_kernels
 from torchslim.search._latency_model import LatencyCorrection, LatencyPrediction
 from torchslim.search._latency_timing import empty_kernel, time_kernels
@@ -448,8 +449,7 @@ class LatencyTable:
                     order = range(len(runners)) if r % 2 == 0 else reversed(range(len(runners)))
                     for i in order:
                         run, impl = runners[i], impls[i]
-                        for _ in range(2):
-                            run()
+                        warm_up(run, 2, impl.settle_ms)  # the last model's threads go idle
                         for _ in range(self.runs):
                             impl.synchronize(self.device)
                             start = time.perf_counter()
