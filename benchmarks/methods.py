@@ -185,8 +185,9 @@ def compare(base: Any, other: Any, example: Any, rounds: int, runs: int, warmup:
     """Latency of session ``other`` relative to session ``base`` on one example batch.
 
     Both warm up, then ``rounds`` rounds alternate them (the order flips every round); each block
-    runs ``warmup`` untimed runs (for at least ``_SETTLE_MS``), then times ``runs`` runs one by one. The ratio is the median over
-    rounds of the per-round ratio of medians; ``ratio_iqr`` its spread over rounds."""
+    runs ``warmup`` untimed runs (for at least ``_SETTLE_MS``), then times ``runs`` runs one by
+    one. The ratio is the median over rounds of the per-round ratio of medians; ``ratio_iqr`` its
+    spread over rounds."""
     from torchslim.profiling import warm_up
 
     sessions = (base, other)

@@ -31,9 +31,9 @@ raw prediction): a fit on large models alone extrapolates badly to small ones.
 Measurements. Kernels: :func:`torchslim.measure_latency` (median; a probe sets the number of runs
 to fill ``target_ms``) with threads pinned. Whole models (:meth:`LatencyTable.measure_many`):
 every model's runner is prepared, then rounds alternate the models (order flipped every round,
-untimed runs before each block until the backend's ``settle_ms`` have passed, so that
-threads the previous model left spinning are idle; garbage collection off), so slow drift of the machine hits
-all of them alike; the median is over every timed run.
+untimed runs before each block until the backend's ``settle_ms`` have passed, so that threads
+the previous model left spinning are idle; garbage collection off), so slow drift of the machine
+hits all of them alike; the median is over every timed run.
 
 Cache. A JSON file (``cache=``; default ``$TORCHSLIM_CACHE_DIR/latency/`` or
 ``~/.cache/torchslim/latency/``) holds one section per key: device (CPU model name or GPU name),
