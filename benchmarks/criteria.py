@@ -24,7 +24,9 @@ PyTorch's ``FlopCounterMode``, on one example input) and must land within 2% of 
 
 torchslim: ``ts.prune_(model, x, target_macs=t, importance=name)``, every criterion in the same
 ranking mode (``--ranking``: ``local``, the default, ranks channels within each group and removes
-the same share of every group; ``global`` passes ``global_ranking=True``). ``random`` gets the
+the same share of every group; ``global`` passes ``global_ranking=True``, each group's scores
+divided by their mean; ``global-lamp`` passes ``global_ranking="lamp"``, each group's scores put
+through LAMP's transform; Torch-Pruning runs globally in both). ``random`` gets the
 seed. Data-driven criteria (``taylor``, ``activation``, ``hrank``, ``energy``, ``lrp``) get the
 same ``calibration_batches`` training batches, with their labels.
 
@@ -99,7 +101,9 @@ OURS = (
 THEIRS = ("magnitude", "taylor", "fpgm", "lamp")
 METHODS = tuple(f"ts:{n}" for n in OURS) + tuple(f"tp:{n}" for n in THEIRS)
 DATA_DRIVEN = {"taylor", "activation", "hrank", "energy", "lrp"}
-RANKINGS = ("local", "global")
+RANKINGS = ("local", "global", "global-lamp")
+#: ``prune_(global_ranking=...)`` for each ranking mode
+GLOBAL_RANKING = {"local": False, "global": True, "global-lamp": "lamp"}
 TP_STEPS = 400  # Torch-Pruning's iterative_steps: 1/400 of every group per step
 MACS_TOLERANCE = 0.02
 
@@ -351,7 +355,7 @@ def prune_ours(net, ex, target: float, name: str, ranking: str, calibration, see
         ex,
         target_macs=target,
         importance=importance,
-        global_ranking=ranking == "global",
+        global_ranking=GLOBAL_RANKING[ranking],
         **data,
     )
     return {}
@@ -378,7 +382,7 @@ def prune_theirs(net, ex, target: float, name: str, ranking: str, calibration):
 
 
 def _tp_global(name: str, ranking: str) -> bool:
-    return ranking == "global" or name == "lamp"
+    return ranking != "local" or name == "lamp"
 
 
 def _count(net, ex) -> int:
@@ -719,6 +723,7 @@ def report(rows: list[dict]) -> str:
         for r in failed[key]:
             out.append(f"- failed: {r['method']} seed {r['seed']}: {r.get('error')}")
         out.append("")
+    out += across_rankings(runs)
     total = [r for r in rows if r.get("kind") == "run" and r.get("ok")]
     if total:
         seconds = sum(r["seconds"] for r in total)
@@ -728,6 +733,38 @@ def report(rows: list[dict]) -> str:
             f"(mean {seconds / len(total):.1f} s); base-model training {train / 60:.1f} min"
         )
     return "\n".join(out)
+
+
+def across_rankings(runs: dict) -> list[str]:
+    """Each tool's best method in any ranking mode, per model and target (methods with every
+    seed of the setting only): the summary the issue's goal is judged on."""
+    settings = defaultdict(dict)  # (budget, model, target) -> {"method @ ranking": rows}
+    for (budget, ranking, model, target), by_method in runs.items():
+        for method, rs in by_method.items():
+            settings[(budget, model, target)][f"{method} @ {ranking}"] = rs
+    if not any(len({k.split(" @ ")[1] for k in v}) > 1 for v in settings.values()):
+        return []
+    out = [
+        "### Across ranking modes: each tool's best\n",
+        "| model, MACs | seeds | after KD: torchslim | after KD: Torch-Pruning | difference "
+        "| after BN recal.: torchslim | after BN recal.: Torch-Pruning | difference |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (_, model, target), by_method in sorted(settings.items(), key=str):
+        seeds = max(len(rs) for rs in by_method.values())
+        full = {m: rs for m, rs in by_method.items() if len(rs) == seeds}
+        cells = []
+        for field in ("acc_ft", "acc_bn"):
+            ours, a = best(full, "ts:", field)
+            theirs, b = best(full, "tp:", field)
+            if not (ours and theirs):
+                cells += ["", "", ""]
+                continue
+            diff = 100 * (statistics.fmean(a) - statistics.fmean(b))
+            cells += [f"{ours} {mean_std(a)}", f"{theirs} {mean_std(b)}", f"**{diff:+.2f}**"]
+        out.append(f"| {model} × {target:g} | {seeds} | " + " | ".join(cells) + " |")
+    out.append("")
+    return out
 
 
 # -- command line ----------------------------------------------------------------------------

@@ -515,7 +515,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--round-to", type=int, default=None, help="keep channel counts multiples")
     r.add_argument("--min-channels", type=int, default=1)
-    r.add_argument("--global-ranking", action="store_true")
+    r.add_argument(
+        "--global-ranking",
+        nargs="?",
+        const="mean",
+        default=False,
+        choices=["mean", "max", "sum", "lamp", "none"],
+        help="rank channels across groups, each group's scores scaled first: by their mean "
+        "(the default), max or sum, by LAMP's transform (lamp), or not at all (none)",
+    )
     r.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     r.add_argument("--out", required=True, help="output directory")
     r.add_argument("--overwrite", action="store_true")

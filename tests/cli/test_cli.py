@@ -150,3 +150,14 @@ def test_prune_writes_model_plan_and_report(capsys, tmp_path):
     # never overwrites without being asked
     code, _, err = run(capsys, "prune", "torchslim:conv_chain", "--out", str(out), "--no-latency")
     assert code == 2 and "--overwrite" in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "recorded"), [(["--global-ranking"], "mean"), (["--global-ranking", "lamp"], "lamp")]
+)
+def test_prune_global_ranking_takes_a_scaling(capsys, tmp_path, flag, recorded):
+    out = tmp_path / "run"
+    argv = ["prune", "torchslim:conv_chain", "--ratio", "0.3", "--out", str(out), "--no-latency"]
+    code, _, _ = run(capsys, *argv, *flag)
+    assert code == 0
+    assert json.loads((out / "plan.json").read_text())["options"]["global_ranking"] == recorded

@@ -120,6 +120,45 @@ def test_global_ranking_removes_the_global_share():
     assert result.plan.options["global_ranking"] is True
 
 
+def test_global_scale_of_known_scores():
+    from torchslim.pruning._prune import global_scale
+
+    s = np.array([3.0, 1.0, 4.0, 2.0])
+    # LAMP: ascending 1, 2, 3, 4 over the sums of the scores at least as large: 10, 9, 7, 4
+    np.testing.assert_allclose(global_scale(s, "lamp"), [3 / 7, 1 / 10, 1.0, 2 / 9])
+    np.testing.assert_allclose(global_scale(s, "mean"), s / 2.5)
+    np.testing.assert_allclose(global_scale(s, "max"), s / 4)
+    np.testing.assert_allclose(global_scale(s, "sum"), s / 10)
+    np.testing.assert_array_equal(global_scale(s, "none"), s)
+
+
+class _FixedScores(ts.Importance):
+    """Eight equal channels in the first group, two unequal ones in the second."""
+
+    def __call__(self, group):
+        return np.full(8, 5.0) if len(group) == 8 else np.array([1.0, 1.5])
+
+
+@pytest.mark.parametrize(
+    ("scaling", "widths"), [("mean", [8, 1]), (True, [8, 1]), ("lamp", [7, 2])]
+)
+def test_global_ranking_scaling_decides_which_group_loses(scaling, widths):
+    """Divided by their means, the second group's weaker channel (0.8) ranks below the equal
+    ones (1.0); under LAMP the first group's lowest (1/8) ranks below it (1 / 2.5)."""
+    model = nn.Sequential(nn.Conv2d(1, 8, 1), nn.Conv2d(8, 2, 1), nn.Conv2d(2, 1, 1))
+    x = torch.randn(1, 1, 3, 3)
+    result = ts.prune_(model, x, ratio=0.1, importance=_FixedScores(), global_ranking=scaling)
+    assert [model[0].out_channels, model[1].out_channels] == widths
+    assert result.plan.options["global_ranking"] == scaling
+
+
+def test_global_ranking_rejects_unknown_scalings():
+    with pytest.raises(ConfigError, match="global_ranking must be .*'lamp'.*got 'median'"):
+        ts.prune_(
+            nn.Sequential(nn.Conv2d(1, 4, 1)), torch.randn(1, 1, 2, 2), global_ranking="median"
+        )
+
+
 def test_group_ratios_choose_each_groups_own_ratio():
     """A function of the group sets its ratio (a ``ratios`` pattern matches a group by any of
     its modules, so a conv's name selects both its input and its output group)."""

@@ -90,7 +90,7 @@ class _Settings:
     importance: str | Importance
     ignore: tuple[str, ...]
     ratios: Mapping[str, float | None]
-    global_ranking: bool
+    global_ranking: bool | str
     round_to: int | None
     min_channels: int
     max_ratio: float | None
@@ -125,7 +125,7 @@ def prune_(
     importance: str | Importance = "l2",
     ignore: Iterable[str] = (),
     ratios: Mapping[str, float | None] | None = None,
-    global_ranking: bool = False,
+    global_ranking: bool | str = False,
     round_to: int | None = None,
     min_channels: int = 1,
     max_ratio: float | None = None,
@@ -159,9 +159,13 @@ def prune_(
         ratios: Per-module ratios by pattern; the first pattern matching a group's module wins;
             ``None`` keeps the group whole. With a target, these groups keep their own ratio and
             the others share the searched one.
-        global_ranking: Rank channels across groups (each group's scores divided by their mean
-            magnitude) and remove the lowest ``ratio`` of all channels, instead of ``ratio`` of
-            each group.
+        global_ranking: Rank channels across groups and remove the lowest ``ratio`` of all
+            channels, instead of ``ratio`` of each group. So that groups compare, each group's
+            scores are first scaled: ``True`` or ``"mean"`` divides them by their mean magnitude;
+            ``"max"`` and ``"sum"`` by those; ``"lamp"`` applies LAMP's transform to them
+            (sorted ascending, each score divided by the sum of the scores at least as large,
+            so every group's best channel scores 1; Lee et al., ICLR 2021); ``"none"`` compares
+            them as they are (criteria whose scores already compare across layers).
         round_to: Keep channel counts multiples of this (hardware-friendly widths).
         min_channels: Never keep fewer channels than this in a group.
         max_ratio: Never remove more than this fraction of any group.
@@ -224,6 +228,12 @@ def prune_(
             "with steps > 1 every step calibrates again: pass a DataLoader or a list as "
             "calibration=, not a one-shot iterator"
         )
+    if global_ranking not in (False, True, *GLOBAL_SCALINGS):
+        raise ConfigError(
+            f"global_ranking must be True, False or one of {', '.join(map(repr, GLOBAL_SCALINGS))}"
+            f" (how each group's scores are scaled before ranking across groups); "
+            f"got {global_ranking!r}"
+        )
     criterion = get_importance(importance)
     check_calibration(criterion, calibration, calibration_batches)
     settings = _Settings(
@@ -254,7 +264,8 @@ def prune_(
     for step in range(1, steps + 1):
         with _gc_paused():  # tracing allocates many small objects; a full collection is slow
             if kind is None:
-                step_ratio = 1 - (1 - ratio) ** (1 / steps)  # the same share of what is left
+                # the same share of what is left (one step: the ratio itself, not 1 - (1 - r))
+                step_ratio = ratio if steps == 1 else 1 - (1 - ratio) ** (1 / steps)
                 result = _prune(model, inputs, settings, get_importance(importance), step_ratio)
             else:
                 result = _prune(
@@ -404,8 +415,8 @@ class _Chooser:
             self.scores.append(scores)
         self.order = [np.argsort(s, kind="stable") for s in self.scores]
         if settings.global_ranking and self.entries:
-            # scores divided by each group's mean magnitude, so that groups compare
-            normalised = [s / (np.abs(s).mean() + 1e-12) for s in self.scores]
+            scaling = "mean" if settings.global_ranking is True else settings.global_ranking
+            normalised = [global_scale(s, scaling) for s in self.scores]
             flat = np.concatenate(normalised)
             owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(normalised)])
             channel = np.concatenate([np.arange(len(s)) for s in normalised])
@@ -442,7 +453,7 @@ class _Chooser:
     def removals(self, ratio: float) -> list[tuple[Any, list[int]]]:
         s = self.settings
         if s.global_ranking:
-            return self._global(int(math.floor(ratio * self.channels)))
+            return self._global(int(math.floor(ratio * self.channels + 1e-9)))
         out = []
         for (group, own), order in zip(self.entries, self.order, strict=True):
             r = ratio if own is _FREE else own
@@ -497,6 +508,27 @@ class _Chooser:
             if picked:
                 out.append((group, sorted(picked)))
         return out
+
+
+#: How ``global_ranking`` scales each group's scores so that groups compare.
+GLOBAL_SCALINGS = ("mean", "max", "sum", "lamp", "none")
+
+
+def global_scale(scores: np.ndarray, scaling: str) -> np.ndarray:
+    """One group's scores scaled for a global ranking (see ``prune_(global_ranking=...)``)."""
+    scores = np.asarray(scores, dtype=float)
+    if scaling == "none" or not len(scores):
+        return scores
+    if scaling == "lamp":
+        order = np.argsort(scores, kind="stable")
+        ranked = np.abs(scores[order])
+        tail = np.cumsum(ranked[::-1])[::-1]  # each score and every score above it
+        out = np.empty_like(scores)
+        out[order] = np.divide(scores[order], tail, out=np.zeros_like(ranked), where=tail > 0)
+        return out
+    magnitude = np.abs(scores)
+    scale = {"mean": magnitude.mean, "max": magnitude.max, "sum": magnitude.sum}[scaling]()
+    return scores / (scale + 1e-12)
 
 
 def _apply_largest_working(
