@@ -152,6 +152,21 @@ def test_global_ranking_scaling_decides_which_group_loses(scaling, widths):
     assert result.plan.options["global_ranking"] == scaling
 
 
+class _EqualScores(ts.Importance):
+    def __call__(self, group):
+        return np.full(len(group), 3.0)
+
+
+def test_global_ranking_spreads_equal_scores_across_groups():
+    """Equal scores everywhere (as HRank's saturated ranks): removals go to the groups in
+    proportion, not all to the first group."""
+    model = nn.Sequential(nn.Conv2d(1, 8, 1), nn.Conv2d(8, 4, 1), nn.Conv2d(4, 1, 1))
+    ts.prune_(
+        model, torch.randn(1, 1, 3, 3), ratio=0.25, importance=_EqualScores(), global_ranking=True
+    )
+    assert [model[0].out_channels, model[1].out_channels] == [6, 3]
+
+
 def test_global_ranking_rejects_unknown_scalings():
     with pytest.raises(ConfigError, match="global_ranking must be .*'lamp'.*got 'median'"):
         ts.prune_(

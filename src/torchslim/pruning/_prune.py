@@ -420,7 +420,12 @@ class _Chooser:
             flat = np.concatenate(normalised)
             owner = np.concatenate([np.full(len(s), i) for i, s in enumerate(normalised)])
             channel = np.concatenate([np.arange(len(s)) for s in normalised])
-            rank = np.lexsort((channel, owner, flat))
+            # equal scores (HRank's ranks saturate at full rank) go in turn across their groups,
+            # by the share of its group each channel's removal would take, not group by group
+            share = np.concatenate(
+                [(np.argsort(np.argsort(o, kind="stable")) + 1) / len(o) for o in self.order]
+            )
+            rank = np.lexsort((channel, owner, share, flat))
             self.pool = (owner[rank], channel[rank])
             self.normalised = normalised
 
