@@ -739,10 +739,12 @@ def across_rankings(runs: dict) -> list[str]:
     """Each tool's best method in any ranking mode, per model and target (methods with every
     seed of the setting only): the summary the issue's goal is judged on."""
     settings = defaultdict(dict)  # (budget, model, target) -> {"method @ ranking": rows}
+    rankings = defaultdict(set)
     for (budget, ranking, model, target), by_method in runs.items():
+        rankings[(budget, model, target)].add(ranking)
         for method, rs in by_method.items():
             settings[(budget, model, target)][f"{method} @ {ranking}"] = rs
-    if not any(len({k.split(" @ ")[1] for k in v}) > 1 for v in settings.values()):
+    if not any(len(modes) > 1 for modes in rankings.values()):
         return []
     out = [
         "### Across ranking modes: each tool's best\n",

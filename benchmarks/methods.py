@@ -175,19 +175,14 @@ def ort_session(path: str | Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-#: ONNX Runtime's settle time: torchslim's OnnxRuntimeBackend.settle_ms (added after the methods
-#: and width_search results in docs/benchmarks.md were measured: without it the other session's
-#: spinning threads slowed the first runs of each block, which biased ratios towards 1)
-_SETTLE_MS = 40.0
-
-
 def compare(base: Any, other: Any, example: Any, rounds: int, runs: int, warmup: int = 3) -> dict:
     """Latency of session ``other`` relative to session ``base`` on one example batch.
 
     Both warm up, then ``rounds`` rounds alternate them (the order flips every round); each block
-    runs ``warmup`` untimed runs (for at least ``_SETTLE_MS``), then times ``runs`` runs one by
-    one. The ratio is the median over rounds of the per-round ratio of medians; ``ratio_iqr`` its
-    spread over rounds."""
+    runs ``warmup`` untimed runs (for at least ONNX Runtime's ``settle_ms``), then times ``runs``
+    runs one by one. The ratio is the median over rounds of the per-round ratio of medians;
+    ``ratio_iqr`` its spread over rounds."""
+    from torchslim.export import OnnxRuntimeBackend
     from torchslim.profiling import warm_up
 
     sessions = (base, other)
@@ -204,8 +199,10 @@ def compare(base: Any, other: Any, example: Any, rounds: int, runs: int, warmup:
             medians = [0.0, 0.0]
             for i in (0, 1) if r % 2 == 0 else (1, 0):
                 s, feed = sessions[i], feeds[i]
-                # untimed until the other session's spinning threads are idle (OnnxRuntimeBackend)
-                warm_up(lambda s=s, feed=feed: s.run(None, feed), warmup, _SETTLE_MS)
+                # untimed until the other session's spinning threads are idle
+                warm_up(
+                    lambda s=s, feed=feed: s.run(None, feed), warmup, OnnxRuntimeBackend.settle_ms
+                )
                 times = []
                 for _ in range(runs):
                     start = time.perf_counter()

@@ -125,6 +125,17 @@ def combine(per_layer: Sequence[np.ndarray], reduction: str, normalize: str | No
     return stacked.max(axis=0)
 
 
+def lamp_transform(scores: np.ndarray) -> np.ndarray:
+    """LAMP's transform (Lee et al., ICLR 2021): with the scores sorted ascending, each divided by
+    the sum of the magnitudes of the scores at least as large, so the largest scores 1."""
+    scores = np.asarray(scores, dtype=float)
+    order = np.argsort(scores, kind="stable")
+    tail = np.cumsum(np.abs(scores[order])[::-1])[::-1]  # each score and every score above it
+    out = np.zeros_like(scores)
+    out[order] = np.divide(scores[order], tail, out=np.zeros_like(tail), where=tail > 0)
+    return out
+
+
 def _normalized(scores: np.ndarray, normalize: str | None) -> np.ndarray:
     if normalize is None:
         return scores

@@ -12,6 +12,7 @@ from torchslim.errors import ConfigError
 from torchslim.importance._base import (
     Combined,
     Importance,
+    lamp_transform,
     per_channel,
     register_importance,
 )
@@ -140,12 +141,7 @@ class LAMP(Combined):
     def __call__(self, group: Any) -> np.ndarray:
         layers = []
         for k, m, t in parameter_members(group):
-            s = per_channel(per_index(t, m.dim, torch.square), group, k)
-            order = np.argsort(s, kind="stable")
-            tail = np.cumsum(s[order][::-1])[::-1]  # sum of the channels at least as large
-            score = np.zeros_like(s)
-            score[order] = np.divide(s[order], tail, out=np.zeros_like(s), where=tail > 0)
-            layers.append(score)
+            layers.append(lamp_transform(per_channel(per_index(t, m.dim, torch.square), group, k)))
         return self.combine(layers) if layers else np.zeros(len(group))
 
 

@@ -19,6 +19,7 @@ from torchslim._patterns import first_match
 from torchslim.errors import ConfigError, PruningError
 from torchslim.graph import trace
 from torchslim.importance import Importance, get_importance
+from torchslim.importance._base import lamp_transform
 from torchslim.importance._calibration import check_calibration
 from torchslim.profiling import Profile, profile
 from torchslim.profiling._counting import MacCounter
@@ -525,12 +526,7 @@ def global_scale(scores: np.ndarray, scaling: str) -> np.ndarray:
     if scaling == "none" or not len(scores):
         return scores
     if scaling == "lamp":
-        order = np.argsort(scores, kind="stable")
-        ranked = np.abs(scores[order])
-        tail = np.cumsum(ranked[::-1])[::-1]  # each score and every score above it
-        out = np.empty_like(scores)
-        out[order] = np.divide(scores[order], tail, out=np.zeros_like(ranked), where=tail > 0)
-        return out
+        return lamp_transform(scores)
     magnitude = np.abs(scores)
     scale = {"mean": magnitude.mean, "max": magnitude.max, "sum": magnitude.sum}[scaling]()
     return scores / (scale + 1e-12)
