@@ -2,9 +2,11 @@
 
 For each runtime (``eager``, ``onnxruntime``) and architecture, random candidates are drawn and
 built for real, and their kernels are timed once each into a fresh table (the time this takes is
-reported). ``--calibration`` of them, spread evenly over the range of their raw predictions (the
-table's kernel sums: known without measuring anything whole), are measured whole to fit the
-correction (``LatencyTable.calibrate``); then every candidate is predicted and measured whole.
+reported). Then every candidate is measured whole, all of an architecture in one alternating
+measurement (so that slow drift of the machine's speed, several percent over minutes on a
+shared VM, hits them alike). ``--calibration`` of them, spread evenly over the range of their
+raw predictions (the table's kernel sums: known without measuring anything whole), fit the
+correction (``LatencyTable.calibrate(..., measured_ms=...)``), and every candidate is predicted.
 The accuracy is over the other candidates only (the correction never saw them): the share within
 ±10% and ±5% of the measured latency, mean and median absolute percentage error, per
 architecture and overall. For comparison the report also gives the uncorrected kernel sum, and a
@@ -21,9 +23,10 @@ Architectures (batch 1, float32, CPU):
   (multiples of 8, 8-64) and depths (1-3 basic blocks per stage);
 - ``mlp`` (not in the default set): 2-4 linear layers with ReLU, random widths, 784 inputs.
 
-Measurement of whole models: ``LatencyTable.measure_many`` on groups of ``--group`` candidates:
-every model prepared, then ``--rounds`` rounds alternate them (order flipped every round), each
-block two untimed runs then ``--runs`` timed runs, garbage collection off; the median is over
+Measurement of whole models: ``LatencyTable.measure_many`` on groups of ``--group`` candidates
+(default: all of an architecture): every model prepared, then ``--rounds`` rounds alternate
+them (order flipped every round), each block untimed runs until the backend's ``settle_ms`` have
+passed then ``--runs`` timed runs, garbage collection off; the median is over
 all timed runs. The noise floor is reported from the same samples: each candidate's IQR over its
 median, and the agreement of the medians of its even and odd rounds (two independent
 measurements of the same model: a model cannot be predicted more closely than it reproduces).
@@ -56,7 +59,7 @@ from torch import nn
 ARCHS = ("nas201", "mobilenet_v2", "resnet", "mlp")
 DEFAULT_ARCHS = ("nas201", "mobilenet_v2", "resnet")
 RUNTIMES = ("eager", "onnxruntime")
-FULL = {"candidates": 36, "calibration": 8, "rounds": 10, "runs": 10, "kernel_ms": 20.0}
+FULL = {"candidates": 36, "calibration": 10, "rounds": 10, "runs": 10, "kernel_ms": 20.0}
 QUICK = {"candidates": 3, "calibration": 4, "rounds": 4, "runs": 5, "kernel_ms": 5.0}
 
 
@@ -155,8 +158,9 @@ def spread(order: list[int], k: int) -> list[int]:
 
 
 def block(args: argparse.Namespace, runtime: str, arch: str, cands: list, x: Any, cache: Path):
-    """Build the table on every candidate, calibrate on ``--calibration`` of them spread over
-    the raw predictions, then predict and measure every candidate; returns rows and a summary."""
+    """Build the table on every candidate, measure every candidate whole, calibrate on
+    ``--calibration`` of them spread over the raw predictions, then predict every candidate;
+    returns rows and a summary."""
     from torchslim.search import LatencyTable
 
     table = LatencyTable(
@@ -170,43 +174,46 @@ def block(args: argparse.Namespace, runtime: str, arch: str, cands: list, x: Any
     start = time.perf_counter()
     first = [table.predict(m, x) for _, m in cands]  # builds the table: each kernel timed once
     built = time.perf_counter() - start
+    size = args.group or len(cands)
+    lats = []
+    for group_start in range(0, len(cands), size):  # alternating rounds over each group
+        lats += table.measure_many([m for _, m in cands[group_start : group_start + size]], x)
     calib = spread(sorted(range(len(cands)), key=lambda i: first[i].raw_ms), args.calibration)
-    correction = table.calibrate([cands[i][1] for i in calib], x)
+    correction = table.calibrate(
+        [cands[i][1] for i in calib], x, measured_ms=[lats[i].median_ms for i in calib]
+    )
     print(f"[{runtime}/{arch}] table built in {built:.1f} s; {correction}", file=sys.stderr)
     rows = []
-    for group_start in range(0, len(cands), args.group):
-        group = list(range(group_start, min(group_start + args.group, len(cands))))
-        preds = [table.predict(cands[i][1], x, measure_missing=False) for i in group]
-        lats = table.measure_many([cands[i][1] for i in group], x)
-        for i, pred, lat in zip(group, preds, lats, strict=True):
-            a, b = halves(list(lat.samples_ms), args.runs)
-            rows.append(
-                {
-                    "kind": "candidate",
-                    "runtime": runtime,
-                    "arch": arch,
-                    "index": i,
-                    "role": "calibration" if i in calib else "test",
-                    "desc": cands[i][0],
-                    "predicted_ms": pred.ms,
-                    "raw_ms": pred.raw_ms,
-                    "features": pred.features,
-                    "kernel_calls": len(pred.kernels),
-                    "measured_now": first[i].measured_now,
-                    "measured_ms": lat.median_ms,
-                    "iqr_ms": lat.iqr_ms,
-                    "half_a_ms": a,
-                    "half_b_ms": b,
-                    "timed_runs": lat.runs,
-                }
-            )
-            err = pred.ms / lat.median_ms - 1
-            print(
-                f"[{runtime}/{arch}] {i:3d} {rows[-1]['role']:11s} measured "
-                f"{lat.median_ms:7.3f} ms (IQR {lat.iqr_ms / lat.median_ms:5.1%}) predicted "
-                f"{pred.ms:7.3f} ms ({err:+6.1%}), kernel sum {pred.raw_ms:7.3f} ms",
-                file=sys.stderr,
-            )
+    for i, lat in enumerate(lats):
+        pred = table.predict(cands[i][1], x, measure_missing=False)
+        a, b = halves(list(lat.samples_ms), args.runs)
+        rows.append(
+            {
+                "kind": "candidate",
+                "runtime": runtime,
+                "arch": arch,
+                "index": i,
+                "role": "calibration" if i in calib else "test",
+                "desc": cands[i][0],
+                "predicted_ms": pred.ms,
+                "raw_ms": pred.raw_ms,
+                "features": pred.features,
+                "kernel_calls": len(pred.kernels),
+                "measured_now": first[i].measured_now,
+                "measured_ms": lat.median_ms,
+                "iqr_ms": lat.iqr_ms,
+                "half_a_ms": a,
+                "half_b_ms": b,
+                "timed_runs": lat.runs,
+            }
+        )
+        err = pred.ms / lat.median_ms - 1
+        print(
+            f"[{runtime}/{arch}] {i:3d} {rows[-1]['role']:11s} measured "
+            f"{lat.median_ms:7.3f} ms (IQR {lat.iqr_ms / lat.median_ms:5.1%}) predicted "
+            f"{pred.ms:7.3f} ms ({err:+6.1%}), kernel sum {pred.raw_ms:7.3f} ms",
+            file=sys.stderr,
+        )
     summary = {
         "kind": "block",
         "runtime": runtime,
@@ -396,8 +403,10 @@ def main() -> None:
     parser.add_argument("--archs", nargs="+", choices=ARCHS, default=list(DEFAULT_ARCHS))
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     parser.add_argument("--candidates", type=int, help="held-out per architecture (36)")
-    parser.add_argument("--calibration", type=int, help="calibration models per arch (8)")
-    parser.add_argument("--group", type=int, default=8, help="models measured together")
+    parser.add_argument("--calibration", type=int, help="calibration models per arch (10)")
+    parser.add_argument(
+        "--group", type=int, default=0, help="models measured together (0: an architecture's all)"
+    )
     parser.add_argument("--rounds", type=int, help="alternating rounds per group (10)")
     parser.add_argument("--runs", type=int, help="timed runs per model and round (10)")
     parser.add_argument("--kernel-ms", type=float, help="timed ms per kernel and pass (20)")

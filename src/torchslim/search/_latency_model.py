@@ -1,9 +1,9 @@
 """The latency model's results: the correction fitted on whole models, and a prediction.
 
 :class:`LatencyCorrection` maps a candidate's features (its kernel sum, number of kernel calls,
-weights read, elements reordered) to its measured latency with a linear model fitted by least
-squares on relative error, the feature subset chosen by leave-one-out error on the calibration
-models.
+weights read, time in memory-bound kernels) to its measured latency with a linear model fitted
+by least squares on relative error, the feature subset chosen by leave-one-out error on the
+calibration models.
 :class:`LatencyPrediction` is what :meth:`LatencyTable.predict` returns: the prediction, its
 inputs and the time of every kernel call. Both are data and round-trip through JSON.
 """
@@ -26,7 +26,7 @@ __all__ = ["EXTRA_FEATURES", "FEATURE_SETS", "LatencyCorrection", "LatencyPredic
 #: constant, predict them well on average, and rank them no better than chance.
 MIN_KERNEL_SHARE = 0.5
 #: Features besides the kernel sum that a correction may use (see :class:`LatencyCorrection`).
-EXTRA_FEATURES = ("kernels", "params_m", "reorder_m", "const")
+EXTRA_FEATURES = ("kernels", "params_m", "memory_ms", "const")
 #: The feature subsets a correction may use: the kernel sum and up to three others;
 #: ``"auto"`` keeps the one with the lowest leave-one-out error.
 FEATURE_SETS: tuple[tuple[str, ...], ...] = tuple(
@@ -53,9 +53,11 @@ class LatencyCorrection:
     Features of a candidate: ``kernel_ms`` (sum of its kernels' times, less the empty call's),
     ``kernels`` (number of kernel calls: per-call costs inside a model), ``params_m`` (millions
     of weight elements its kernels read: weights come from memory inside a model, from the cache
-    when a kernel is timed alone), ``reorder_m`` (ONNX Runtime: millions of input and output
-    tensor elements of its convolutions and pooling, which a kernel timed alone reorders to the
-    blocked layout and back; 0 in eager), ``const`` (1).
+    when a kernel is timed alone), ``memory_ms`` (the part of ``kernel_ms`` spent in kernels
+    without a weight matrix or filter: additions, activations, pooling, normalisation, layout
+    reorders, which inside a model read data other threads have just written), ``const`` (1).
+    Predictions also report ``reorders`` (ONNX Runtime's layout reorder nodes), which no
+    correction uses.
 
     Attributes:
         features, coefficients: The fitted linear model.

@@ -3,24 +3,25 @@
 Why per kernel. A search proposes hundreds of candidates made of the same few layer
 configurations; timing each configuration once on the target runtime, then summing, predicts a
 candidate in milliseconds of CPU instead of seconds of timing, and the table grows only by the
-configurations not seen before. The unit is the *kernel* (see ``_latency_kernels``): what the
-runtime runs as one piece, so decomposition follows the runtime's fusion (ONNX Runtime times a
-``Conv+BN+ReLU`` chain as one kernel; eager times the three modules). Every call, including the
-additions, concatenations, pooling and reshapes that ``forward`` code makes outside modules, is a
-kernel, found with hooks and a torch function mode on one real forward pass.
+configurations not seen before. The unit is the *kernel*: what the runtime runs as one piece.
+Eager (``_latency_kernels``): every leaf module call and every torch call that ``forward`` code
+makes outside modules (additions, concatenations, pooling, reshapes), found with hooks and a
+torch function mode on one real forward pass. ONNX Runtime (``_latency_ort``): every node of the
+graph its optimiser makes of the exported model (fused ``Conv+BN+Add+ReLU``, blocked-layout
+convolutions and the layout reorders between them), read from ONNX Runtime itself.
 
 What a sum misses. Timed alone, each kernel also pays the harness's per-call cost (the eager
-``inference_mode`` and replay call, an ONNX Runtime ``session.run``): the table times a call that
+``inference_mode`` and replay call, an ONNX Runtime session run): the table times a call that
 computes nothing (``(empty)``) and subtracts it from every kernel, so the raw prediction is
 ``empty + sum(kernel - empty)``. What remains differs between a model and the sum of its parts:
-per-call framework overhead between kernels, weights that a kernel timed alone keeps in cache
-but a model larger than the cache reads from memory (measured on pruned MobileNetV2s in ONNX
-Runtime: 20 us more than the sum at 0.72 M parameters, 100 us at 1.34 M), ONNX Runtime's layout
-reorders around a convolution or pooling timed alone, which a model mostly does without (they
-are most of a small 1x1 convolution's time alone). :class:`LatencyCorrection` fits
-a linear model on a few whole models measured for real,
+per-call framework work between kernels; weights that a kernel timed alone keeps in cache but a
+model larger than the cache reads from memory (pruned MobileNetV2s in ONNX Runtime: about 0.1 ms
+per million weights); memory-bound kernels (additions, activations, pooling, layout reorders),
+which inside a model read what the previous kernel's threads have just written, in other cores'
+caches (NAS-Bench-201 cells in ONNX Runtime: about twice their time alone).
+:class:`LatencyCorrection` fits a linear model on a few whole models measured for real,
 
-    measured ~= a * kernel_ms + b * kernels + c * params_m + d * reorder_m + e
+    measured ~= a * kernel_ms + b * kernels + c * params_m + d * memory_ms + e
 
 by least squares on *relative* error (each model's equation divided by its latency), trying the
 kernel sum with up to three of the other features and keeping the subset with the lowest
@@ -67,13 +68,14 @@ from torchslim.errors import ConfigError
 from torchslim.profiling._latency import Latency, get_latency_backend, pinned_threads, warm_up
 from torchslim.search._latency_kernels import BACKENDS, Kernel, enumerate_kernels
 from torchslim.search._latency_model import LatencyCorrection, LatencyPrediction
+from torchslim.search._latency_ort import ort_kernels
 from torchslim.search._latency_timing import empty_kernel, time_kernels
 
 __all__ = ["LatencyTable"]
 
 _logger = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: the empty kernel is a function call, replays fill flat arguments directly
+FORMAT = 3  # 3: ONNX Runtime kernels are the nodes of its optimised graph
 EMPTY = "(empty)"
 
 
@@ -323,9 +325,13 @@ class LatencyTable:
     # -- kernels -------------------------------------------------------------------------
     def kernels(self, model: nn.Module, example_inputs: Any) -> list[Kernel]:
         """The kernel calls of one forward pass, as this table's backend decomposes them."""
-        inputs = as_inputs(example_inputs)
+        return self._kernels(model, as_inputs(example_inputs))
+
+    def _kernels(self, model: nn.Module, inputs: Inputs, replay_for: Any = None) -> list[Kernel]:
         with eval_mode(model):
-            return enumerate_kernels(model, inputs, self.backend)
+            if self.backend == "onnxruntime":
+                return ort_kernels(model, inputs, threads=self.threads, replay_for=replay_for)
+            return enumerate_kernels(model, inputs, self.backend, replay_for=replay_for)
 
     def _time(self, kernels: list[Kernel]) -> Iterator[tuple[Kernel, dict[str, Any]]]:
         start = time.perf_counter()
@@ -388,13 +394,10 @@ class LatencyTable:
 
     def _features(self, model: nn.Module, inputs: Inputs, measure_missing: bool):
         self._ensure_loaded(inputs)
-        with eval_mode(model):
-            kernels = enumerate_kernels(
-                model, inputs, self.backend, replay_for=lambda k: k not in self._entries
-            )
+        kernels = self._kernels(model, inputs, replay_for=lambda k: k not in self._entries)
         missing = [k for k in kernels if k.replay is not None]
         if EMPTY not in self._entries:
-            missing.insert(0, empty_kernel())
+            missing.insert(0, empty_kernel(self.backend))
         if missing and not measure_missing:
             first = missing[0]
             raise ConfigError(
@@ -414,7 +417,8 @@ class LatencyTable:
         features = {
             "kernel_ms": sum(r[2] for r in rows),
             "kernels": float(len(kernels)),
-            "reorder_m": sum(k.elements for k in kernels if k.reordered) / 1e6,
+            "reorders": float(sum(k.reordered for k in kernels)),
+            "memory_ms": sum(r[2] for r, k in zip(rows, kernels, strict=True) if not k.matrix),
             "params_m": sum(k.params for k in kernels) / 1e6,
             "const": 1.0,
             "untimed": float(sum(self._entries[k.key].get("ms") is None for k in kernels)),
@@ -479,13 +483,25 @@ class LatencyTable:
         example_inputs: Any,
         *,
         feature_sets: str | Sequence[Sequence[str]] = "auto",
+        measured_ms: Sequence[float] | None = None,
     ) -> LatencyCorrection:
         """Measure ``models`` whole and fit the correction on them (and on the models of earlier
         calls, so models with other inputs calibrate one table); the table applies it from now
-        on. Returns it."""
+        on. Returns it.
+
+        Args:
+            measured_ms: The models' latencies, already measured (e.g. by :meth:`measure_many`
+                together with other models, so that all of them share the machine's state);
+                then nothing is measured here.
+        """
         rows = [self._features(m, as_inputs(example_inputs), True)[1] for m in models]
-        measured = self.measure_many(models, example_inputs)
-        self._calibration += [(f, lat.median_ms) for f, lat in zip(rows, measured, strict=True)]
+        if measured_ms is None:
+            measured_ms = [lat.median_ms for lat in self.measure_many(models, example_inputs)]
+        elif len(measured_ms) != len(models):
+            raise ConfigError(
+                f"calibrate got {len(measured_ms)} measured latencies for {len(models)} models"
+            )
+        self._calibration += list(zip(rows, map(float, measured_ms), strict=True))
         return self._fit(feature_sets)
 
     def _fit(self, feature_sets: Any = "auto") -> LatencyCorrection:

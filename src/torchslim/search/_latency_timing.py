@@ -1,9 +1,9 @@
 """Timing a kernel alone, as the latency table does (see ``_latency_kernels`` for kernels).
 
-A small module replays the kernel's recorded calls on copies of the recorded tensors (eager:
-:func:`torchslim.measure_latency` with the eager backend; ONNX Runtime: the module exported with
-the TorchScript exporter, as the whole model is, and timed in a session made exactly as the
-``onnxruntime`` backend makes them). Its latency is the lowest of two medians taken seconds
+Eager: a small module replays the kernel's recorded calls on copies of the recorded tensors,
+timed by :func:`torchslim.measure_latency` with the eager backend. ONNX Runtime: the node of the
+optimised graph, alone in a one-node model, timed in its own session with inputs and outputs
+bound once (see ``_latency_ort``). Its latency is the lowest of two medians taken seconds
 apart: load from other processes only ever adds time, and on a shared machine one pass alone
 left single kernels up to 2.6x high. The empty kernel (a call that computes nothing) gives the
 harness's own cost, which the table subtracts from every kernel.
@@ -12,19 +12,16 @@ harness's own cost, which the table subtracts from every kernel.
 from __future__ import annotations
 
 import math
-import tempfile
-import warnings
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from torchslim._extras import require
 from torchslim._inputs import Inputs
-from torchslim.errors import ConfigError, ExportError
+from torchslim.errors import ConfigError
 from torchslim.profiling._latency import Latency, measure_latency
 from torchslim.search._latency_kernels import Kernel, _Replay, _Slot
+from torchslim.search._latency_ort import OrtNode, OrtNodeBackend, ort_empty_kernel
 
 __all__ = ["empty_kernel", "time_kernels"]
 
@@ -33,38 +30,16 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def empty_kernel() -> Kernel:
+def empty_kernel(backend: str = "eager") -> Kernel:
     """A call that computes nothing: the timing harness's own cost, subtracted from every kernel.
 
-    It is a plain function, not a module, so a module kernel keeps the cost of its module call,
-    which it also pays inside a model.
+    Eager: a plain function, not a module, so a module kernel keeps the cost of its module call,
+    which it also pays inside a model. ONNX Runtime: an ``Identity`` node on one element.
     """
+    if backend == "onnxruntime":
+        return ort_empty_kernel()
     replay = _Replay([(_identity, (_Slot(0),), {})], [torch.zeros(1)])
     return Kernel("(empty)", "(empty)", "function", 2, 0, replay=replay)
-
-
-def _ort_backend(replay: _Replay, tensors: list[torch.Tensor], threads: int, device, folder: str):
-    from torchslim.export._io import FlatModule, input_names
-    from torchslim.export._onnx import _quiet_torchscript_log
-    from torchslim.export._ort_backend import OnnxRuntimeBackend, _providers
-    from torchslim.export._verify import ort_session
-
-    ort = require("onnxruntime", "the latency table's onnxruntime backend")
-    inputs = Inputs(tuple(tensors), {})
-    path = Path(folder) / "kernel.onnx"
-    flat = FlatModule(replay, inputs)
-    with warnings.catch_warnings(), _quiet_torchscript_log():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            flat,
-            tuple(tensors),
-            str(path),
-            dynamo=False,
-            input_names=input_names(inputs),
-            do_constant_folding=True,
-        )
-    session = ort_session(path, threads=threads, providers=_providers(ort, torch.device(device)))
-    return OnnxRuntimeBackend(onnx_model=session)
 
 
 class _Prepared:
@@ -74,19 +49,18 @@ class _Prepared:
         replay = kernel.replay
         if replay is None:
             raise ConfigError(f"kernel {kernel.key!r} has no replay module to time")
-        self.tensors = [t.to(device) for t in replay.tensors]
-        self.replay = replay.to(device).eval()
-        self.inputs = Inputs(tuple(self.tensors), {})
-        self.impl: Any = "eager"
         self.common = dict(device=device, threads=threads)
         self.runs = 0
-        if backend == "onnxruntime":
-            try:
-                with tempfile.TemporaryDirectory(prefix="torchslim-kernel-") as folder:
-                    self.impl = _ort_backend(self.replay, self.tensors, threads, device, folder)
-            except Exception as exc:  # noqa: BLE001 - exporters raise many types
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                raise ExportError(f"kernel {kernel.key!r} at {kernel.name}: {first}") from exc
+        self.impl: Any = "eager"
+        if isinstance(replay, OrtNode):  # an ONNX Runtime node: its own session times it
+            self.impl = OrtNodeBackend(replay)
+            self.replay: torch.nn.Module = torch.nn.Identity()
+            self.inputs = Inputs((torch.zeros(1),), {})
+            return
+        if backend != "eager":
+            raise ConfigError(f"kernel {kernel.key!r} replays in eager PyTorch, not {backend}")
+        self.replay = replay.to(device).eval()
+        self.inputs = Inputs(tuple(t.to(device) for t in replay.tensors), {})
 
     def time(self, warmup: int, target_ms: float, min_runs: int, max_runs: int) -> Latency:
         # the first call of a pass settles (the backend's settle_ms: ONNX Runtime's other
@@ -125,11 +99,11 @@ def time_kernels(
 ) -> Iterator[tuple[Kernel, dict[str, Any]]]:
     """Time each kernel alone; yield ``(kernel, entry)`` with ``entry["ms"]`` its latency.
 
-    Kernels are prepared ``chunk`` at a time (ONNX Runtime: exported and given a session), then
+    Kernels are prepared ``chunk`` at a time (ONNX Runtime: each node given a session), then
     timed in ``passes`` passes over the chunk, each a median over enough runs to fill about
     ``target_ms``; a kernel's latency is its lowest pass median. Passes are seconds apart, so a
     burst of load from another process inflates one pass of a kernel, not its latency. A kernel
-    that cannot be exported or run yields ``{"ms": None, "error": ...}``.
+    that cannot be run yields ``{"ms": None, "error": ...}``.
     """
     for start in range(0, len(kernels), chunk):
         prepared: dict[int, _Prepared] = {}
