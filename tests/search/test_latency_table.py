@@ -326,6 +326,18 @@ def test_correction_with_few_models_uses_few_features():
         LatencyCorrection.fit(rows, y[:2])
 
 
+def test_calibrate_on_latencies_measured_already():
+    table = LatencyTable("eager", cache=False, timer=FakeTimer())
+    models = [Net(), nn.Sequential(Net(), nn.ReLU()), nn.Sequential(Net(), nn.Tanh())]
+    features = [table.predict(m, x16()).features for m in models]
+    want = [2.0 * f["kernel_ms"] for f in features]  # made-up latencies: twice the kernel sum
+    fit = table.calibrate(models, x16(), feature_sets=[("kernel_ms",)], measured_ms=want)
+    assert fit.coefficients == pytest.approx((2.0,)) and fit.models == 3
+    assert table.predict(models[0], x16()).ms == pytest.approx(want[0])  # nothing timed whole
+    with pytest.raises(ConfigError, match="2 measured latencies for 3 models"):
+        table.calibrate(models, x16(), measured_ms=want[:2])
+
+
 def test_real_eager_timing_and_automatic_calibration():
     table = LatencyTable(
         "eager", threads=1, cache=False, target_ms=1.0, rounds=2, runs=3, calibrate_first=2
