@@ -154,6 +154,32 @@ def test_onnxruntime_computes_a_repeated_weightless_op_once():
     assert ops(eager)["Conv2d"] == 2 and ops(ort)["Conv"] + ops(ort)["FusedConv"] == 2
 
 
+class Tokens(nn.Module):
+    """Attention and reshapes: integer shape tensors flow between nodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, ids):
+        x = self.embed(ids)
+        x, _ = self.attn(x, x, x, need_weights=False)
+        return self.fc(x.reshape(ids.shape[0], ids.shape[1], -1).mean(1))
+
+
+def test_onnxruntime_kernels_of_a_token_model_time_and_predict():
+    pytest.importorskip("onnxruntime")
+    ids = torch.randint(0, 50, (1, 7))
+    table = LatencyTable("onnxruntime", threads=1, cache=False, target_ms=0.5, passes=1)
+    pred = table.predict(Tokens().eval(), ids)
+    assert pred.measured_now == len({key for _, key, _ in pred.kernels}) + 1
+    assert all(ms is not None for ms in table.entries.values())  # every node ran alone
+    assert any("int64" in key for _, key, _ in pred.kernels)  # the ids, or shape tensors
+    assert pred.features["params_m"] * 1e6 >= 50 * 16 + 3 * 16 * 16 + 16 * 3
+
+
 def test_eager_kernels_mark_matrix_kernels():
     kernels = LatencyTable("eager", cache=False).kernels(Net().eval(), x16())
     assert {k.key.split("(", 1)[0] for k in kernels if k.matrix} == {"Conv2d", "Linear"}

@@ -51,7 +51,7 @@ from torch import nn
 
 from torchslim._extras import require
 from torchslim._inputs import Inputs
-from torchslim.errors import ConfigError
+from torchslim.errors import ConfigError, ExportError
 from torchslim.profiling._latency import LatencyBackend
 from torchslim.search._latency_kernels import Kernel
 
@@ -152,6 +152,14 @@ def _attr(onnx: Any, attribute: Any) -> str:
     return f"{attribute.name}={value}"
 
 
+def _graph_error(what: str, exc: BaseException) -> ExportError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ExportError(
+        f"ONNX Runtime could not {what} the exported model for the latency table: {first}; "
+        "measure this model whole (LatencyTable.measure) or use the eager table"
+    )
+
+
 def _optimised_graph(
     model: nn.Module, inputs: Inputs, threads: int
 ) -> tuple[Any, dict[str, np.ndarray]]:
@@ -168,8 +176,11 @@ def _optimised_graph(
         )
         options = _options(ort, threads, True)
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
-        ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
-        graph_model = onnx.load(str(Path(folder) / "optimized.onnx"))
+        try:
+            ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
+            graph_model = onnx.load(str(Path(folder) / "optimized.onnx"))
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types
+            raise _graph_error("optimise", exc) from exc
     feed = {
         name: to_numpy(t)
         for name, t in zip(result.input_names, inputs.tensors(), strict=True)
@@ -183,13 +194,16 @@ def _optimised_graph(
             if out and out not in have:
                 exposed.graph.output.append(onnx.ValueInfoProto(name=out))
                 have.add(out)
-    session = ort.InferenceSession(
-        exposed.SerializeToString(),
-        _options(ort, threads, False),
-        providers=["CPUExecutionProvider"],
-    )
-    names = [o.name for o in session.get_outputs()]
-    values = dict(zip(names, session.run(names, feed), strict=True))
+    try:
+        session = ort.InferenceSession(
+            exposed.SerializeToString(),
+            _options(ort, threads, False),
+            providers=["CPUExecutionProvider"],
+        )
+        names = [o.name for o in session.get_outputs()]
+        values = dict(zip(names, session.run(names, feed), strict=True))
+    except Exception as exc:  # noqa: BLE001
+        raise _graph_error("run every node of", exc) from exc
     values.update(feed)
     return graph_model, values
 
