@@ -54,18 +54,30 @@ class OutputCheck:
         }
 
 
+def session_options(threads: int, *, optimize: bool = True) -> Any:
+    """ONNX Runtime session options as torchslim makes every session: every graph optimisation
+    on (``optimize=False``: none, for a graph that is optimised already), ``threads`` intra-op
+    threads, sequential execution, errors only in the log."""
+    ort = require("onnxruntime", "running an ONNX model")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimize
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only
+    return options
+
+
 def ort_session(
     path: str | Path, *, threads: int, providers: Sequence[Any] = ("CPUExecutionProvider",)
 ) -> Any:
     """An ONNX Runtime session with every graph optimisation on and ``threads`` intra-op threads."""
     ort = require("onnxruntime", "running an ONNX model")
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=list(providers))
+    return ort.InferenceSession(str(path), session_options(threads), providers=list(providers))
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:

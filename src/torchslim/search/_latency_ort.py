@@ -33,8 +33,9 @@ convolution of 24 channels at 28x28, 48 us through ``session.run`` against 32-39
 model). The table's empty kernel is an ``Identity`` node on one element, timed the same way.
 Inside a model, what a node costs beyond its time alone is what the table's correction fits:
 per-node executor work (``kernels``), weights read from memory rather than from the cache that
-a node timed alone keeps them in (``params_m``), and layout reorders, which read data another
-thread has just written (``reorders``; measured: 4-6 us each inside a model, 1 us alone).
+a node timed alone keeps them in (``params_m``), and memory-bound nodes (additions, activations,
+pooling, layout reorders), which read data other threads have just written (``memory_ms``;
+measured: a reorder costs 4-6 us inside a model, 1 us alone).
 """
 
 from __future__ import annotations
@@ -77,20 +78,6 @@ class OrtNode:
     outputs: tuple[tuple[str, tuple[int, ...], str], ...]
 
 
-def _options(ort: Any, threads: int, optimize: bool) -> Any:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = (
-        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if optimize
-        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    )
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return options
-
-
 class OrtNodeBackend(LatencyBackend):
     """Times an :class:`OrtNode` in its own session with inputs and outputs bound once."""
 
@@ -112,8 +99,12 @@ class OrtNodeBackend(LatencyBackend):
 
     def _runner(self, threads: int) -> Callable[[], Any]:
         ort = require("onnxruntime", "the latency table's onnxruntime backend")
+        from torchslim.export._verify import session_options
+
         session = ort.InferenceSession(
-            self.node.model, _options(ort, threads, False), providers=["CPUExecutionProvider"]
+            self.node.model,
+            session_options(threads, optimize=False),
+            providers=["CPUExecutionProvider"],
         )
         binding = session.io_binding()
         keep = []
@@ -168,23 +159,24 @@ def _optimised_graph(
     ort = require("onnxruntime", "the latency table's onnxruntime backend")
     onnx = require("onnx", "the latency table's onnxruntime backend")
     from torchslim.export._onnx import export_onnx
-    from torchslim.export._verify import to_numpy
+    from torchslim.export._verify import session_options, to_numpy
 
     with tempfile.TemporaryDirectory(prefix="torchslim-latency-") as folder:
         result = export_onnx(
             model, inputs, Path(folder) / "model.onnx", dynamic_batch=False, verify=False
         )
-        options = _options(ort, threads, True)
+        options = session_options(threads)
         options.optimized_model_filepath = str(Path(folder) / "optimized.onnx")
         try:
             ort.InferenceSession(str(result.path), options, providers=["CPUExecutionProvider"])
             graph_model = onnx.load(str(Path(folder) / "optimized.onnx"))
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types
             raise _graph_error("optimise", exc) from exc
+    graph_inputs = {i.name for i in graph_model.graph.input}
     feed = {
         name: to_numpy(t)
         for name, t in zip(result.input_names, inputs.tensors(), strict=True)
-        if name in {i.name for i in graph_model.graph.input}
+        if name in graph_inputs
     }
     exposed = onnx.ModelProto()
     exposed.CopyFrom(graph_model)
@@ -197,7 +189,7 @@ def _optimised_graph(
     try:
         session = ort.InferenceSession(
             exposed.SerializeToString(),
-            _options(ort, threads, False),
+            session_options(threads, optimize=False),
             providers=["CPUExecutionProvider"],
         )
         names = [o.name for o in session.get_outputs()]
