@@ -35,7 +35,6 @@ from torch.overrides import TorchFunctionMode, resolve_name
 from torch.utils._pytree import tree_flatten, tree_map
 
 from torchslim._inputs import Inputs
-from torchslim.errors import ConfigError
 
 __all__ = ["BACKENDS", "Kernel", "enumerate_kernels"]
 
@@ -212,39 +211,32 @@ class _Slot:
 
 
 class _Replay(nn.Module):
-    """Replays recorded calls on given tensors (each step's output feeds nothing: one call).
+    """Replays one recorded call on given tensors (its arguments hold :class:`_Slot` for them).
 
     Arguments are filled by position where they are flat (the usual case), so the replay adds
     the same small cost to every kernel, which the empty kernel's time then removes.
     """
 
-    def __init__(self, steps: list[tuple[Any, tuple, dict]], tensors: list[torch.Tensor]) -> None:
+    def __init__(self, fn: Any, args: tuple, kwargs: dict, tensors: list[torch.Tensor]) -> None:
         super().__init__()
-        self.mods = nn.ModuleList()
-        self.steps = []
-        for fn, args, kwargs in steps:
-            if isinstance(fn, nn.Module):
-                self.mods.append(copy.deepcopy(fn))  # never time (or export) the caller's module
-                fn = len(self.mods) - 1
-            flat = not any(isinstance(v, (tuple, list, dict)) for v in (*args, *kwargs.values()))
-            self.steps.append((fn, args, kwargs, flat))
+        # a module is copied: never time (or export) the caller's module
+        self.module = copy.deepcopy(fn) if isinstance(fn, nn.Module) else None
+        self.fn = None if self.module is not None else fn
+        self.args, self.kwargs = args, kwargs
+        self.flat = not any(isinstance(v, (tuple, list, dict)) for v in (*args, *kwargs.values()))
         self.tensors = tensors
 
     def forward(self, *tensors: torch.Tensor) -> Any:
-        out = None
-
         def fill(v: Any) -> Any:
             return tensors[v.index] if isinstance(v, _Slot) else v
 
-        for fn, args, kwargs, flat in self.steps:
-            call = self.mods[fn] if isinstance(fn, int) else fn
-            if flat:
-                args = [fill(v) for v in args]
-                kwargs = {k: fill(v) for k, v in kwargs.items()} if kwargs else kwargs
-            else:
-                args, kwargs = tree_map(fill, (args, kwargs))
-            out = call(*args, **kwargs)
-        return out
+        call = self.module if self.module is not None else self.fn
+        if self.flat:
+            args = [fill(v) for v in self.args]
+            kwargs = {k: fill(v) for k, v in self.kwargs.items()} if self.kwargs else self.kwargs
+        else:
+            args, kwargs = tree_map(fill, (self.args, self.kwargs))
+        return call(*args, **kwargs)
 
 
 def _replay(call: _Call) -> _Replay:
@@ -257,25 +249,18 @@ def _replay(call: _Call) -> _Replay:
         return _Slot(len(tensors) - 1)
 
     args, kwargs = tree_map(slot, (call.args, call.kwargs))
-    return _Replay([(call.fn, args, kwargs)], tensors)
+    return _Replay(call.fn, args, kwargs, tensors)
 
 
-def enumerate_kernels(
-    model: nn.Module, inputs: Inputs, backend: str = "eager", *, replay_for: Any = None
-) -> list[Kernel]:
+def enumerate_kernels(model: nn.Module, inputs: Inputs, *, replay_for: Any = None) -> list[Kernel]:
     """The eager kernels of one forward pass of ``model`` (in eval mode already) on ``inputs``:
-    every leaf module call and every torch function called outside leaf modules.
+    every leaf module call and every torch function called outside leaf modules (ONNX Runtime's
+    kernels are its graph's nodes: ``_latency_ort``).
 
     Args:
-        backend: ``"eager"`` (ONNX Runtime's kernels are its graph's nodes: ``_latency_ort``).
         replay_for: ``replay_for(key) -> bool``: attach a replay module (with copies of the
             recorded tensors) to the first kernel of each key it accepts, so it can be timed.
     """
-    if backend != "eager":
-        raise ConfigError(
-            f"enumerate_kernels records eager kernels, not {backend!r}; the latency table "
-            "takes ONNX Runtime's kernels from its optimised graph"
-        )
     calls, _alive = _record(model, inputs)
     kernels = []
     seen: set[str] = set()

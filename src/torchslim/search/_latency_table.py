@@ -331,7 +331,7 @@ class LatencyTable:
         with eval_mode(model):
             if self.backend == "onnxruntime":
                 return ort_kernels(model, inputs, threads=self.threads, replay_for=replay_for)
-            return enumerate_kernels(model, inputs, self.backend, replay_for=replay_for)
+            return enumerate_kernels(model, inputs, replay_for=replay_for)
 
     def _time(self, kernels: list[Kernel]) -> Iterator[tuple[Kernel, dict[str, Any]]]:
         start = time.perf_counter()

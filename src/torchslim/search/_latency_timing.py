@@ -38,7 +38,7 @@ def empty_kernel(backend: str = "eager") -> Kernel:
     """
     if backend == "onnxruntime":
         return ort_empty_kernel()
-    replay = _Replay([(_identity, (_Slot(0),), {})], [torch.zeros(1)])
+    replay = _Replay(_identity, (_Slot(0),), {}, [torch.zeros(1)])
     return Kernel("(empty)", "(empty)", "function", 2, 0, replay=replay)
 
 
