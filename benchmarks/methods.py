@@ -164,15 +164,9 @@ QUICK = dict(
 def ort_session(path: str | Path, threads: int) -> Any:
     """A CPU session as ``ts.profile(backend="onnxruntime")`` makes them: every graph
     optimisation, ``threads`` intra-op threads, one inter-op thread, sequential execution."""
-    import onnxruntime as ort
+    from torchslim.export._verify import ort_session as session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session(path, threads=threads)
 
 
 def compare(base: Any, other: Any, example: Any, rounds: int, runs: int, warmup: int = 3) -> dict:
